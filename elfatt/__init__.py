@@ -1,0 +1,31 @@
+"""elfatt: ELFATT, Efficient Linear Fast Attention for vision transformers (Wu et al., ACM MM 2025)."""
+
+from elfatt.blocks import BlockSpec, block_from_count, blockify, resolve_block, unblockify
+from elfatt.functional import (
+    block_attention,
+    elfatt,
+    global_head_count,
+    global_linear_attention,
+    lepe,
+    softmax_attention,
+)
+from elfatt.modules import DEFAULT_BLOCK, ELFATTAttention, LePE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockSpec",
+    "DEFAULT_BLOCK",
+    "ELFATTAttention",
+    "LePE",
+    "block_attention",
+    "block_from_count",
+    "blockify",
+    "elfatt",
+    "global_head_count",
+    "global_linear_attention",
+    "lepe",
+    "resolve_block",
+    "softmax_attention",
+    "unblockify",
+]

@@ -1,0 +1,246 @@
+"""ELFATT's ops on token tensors ``[B, heads, N, d]`` laid out row-major on an ``(H, W)`` grid.
+
+ELFATT: Efficient Linear Fast Attention for Vision Transformers. Wu, Che, Xu, Ran, Yan; ACM MM 2025,
+https://arxiv.org/abs/2501.06098. The heads are split in two parallel groups: global linear attention
+heads and blockified softmax attention heads, each with its own LePE; their outputs are concatenated.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from elfatt._checks import check_qkv, check_tokens
+from elfatt.blocks import BlockSpec, blockify, blocks_to_grid, grid_to_blocks, resolve_block, unblockify
+
+__all__ = [
+    "global_linear_attention",
+    "block_attention",
+    "softmax_attention",
+    "lepe",
+    "global_head_count",
+    "elfatt",
+]
+
+LePEWeights = tuple[Tensor, Tensor | None]
+
+
+def global_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Global linear attention: ``softmax_row(q) @ (softmax_col(k)^T @ v)``, Efficient Attention (Shen et al.).
+
+    The ``d x d`` context is computed first, so the cost is linear in the tokens and no ``N x N`` matrix is
+    made. The softmaxes and the context (a reduction over all tokens) run in at least float32 whatever the
+    input dtype; only the final ``[N, d] @ [d, d_v]`` product runs in the input dtype. Each output row is a convex
+    combination of rows of ``v``, so ``|out| <= max|v|`` and nothing can overflow in float16.
+
+    Args:
+        q: queries ``[B, heads, N, d]``; softmax over ``d`` (each token's channels), no ``1/sqrt(d)`` scale.
+        k: keys ``[B, heads, N, d]``; softmax over ``N`` (each channel over the tokens).
+        v: values ``[B, heads, N, d_v]``.
+
+    Returns:
+        ``[B, heads, N, d_v]`` in the dtype of ``q``.
+    """
+    check_qkv(q, k, v)
+    accumulate = torch.promote_types(q.dtype, torch.float32)
+    key_weights = k.softmax(dim=-2, dtype=accumulate)
+    # [B, heads, d, d_v]
+    context = key_weights.transpose(-2, -1) @ v.to(accumulate)
+    query_weights = q.softmax(dim=-1, dtype=accumulate)
+    return query_weights.to(q.dtype) @ context.to(q.dtype)
+
+
+def softmax_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, dropout_p: float = 0.0, fused: bool = True
+) -> Tensor:
+    """Exact softmax attention over the last two dims, with no mask and no bias.
+
+    Args:
+        q, k, v: ``[..., L, d]``, ``[..., L, d]``, ``[..., L, d_v]``.
+        scale: score scale; ``d ** -0.5`` when None.
+        dropout_p: dropout on the attention probabilities.
+        fused: run ``F.scaled_dot_product_attention`` (FlashAttention-eligible on CUDA, since no mask is
+            passed); when False, plain matmuls and softmax.
+    """
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    weights = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v
+
+
+def _edge_bands(length: int, block: int) -> list[tuple[int, int, int]]:
+    """``(start, stop, block)`` for the part of ``length`` that ``block`` divides, then the remainder."""
+    whole = length - length % block
+    bands = [(0, whole, block)] if whole else []
+    if length % block:
+        bands.append((whole, length, length % block))
+    return bands
+
+
+def block_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    size: tuple[int, int],
+    block: BlockSpec,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    fused: bool = True,
+) -> Tensor:
+    """Exact softmax attention inside each block of the token grid, ELFATT's blockified softmax part.
+
+    No mask and no bias are ever passed to ``F.scaled_dot_product_attention``, so FlashAttention is eligible.
+    Where ``H`` or ``W`` is not a multiple of the block, the last row and column of blocks are smaller (as
+    if the grid were padded and padded tokens received no weight); they are attended as blocks of their own
+    exact size, so instead of padding with a mask the grid is cut into at most four regions (whole blocks,
+    right edge, bottom edge, corner), each one SDPA call over all its blocks.
+
+    Args:
+        q, k, v: ``[B, heads, N, d]`` (``v`` may have its own head dim), ``N == H * W``.
+        size: the grid ``(H, W)``.
+        block: ``(bh, bw)``, an int for square windows, ``None`` for a whole side (stripes).
+        scale: score scale; ``d ** -0.5`` when None.
+        dropout_p: dropout on the attention probabilities.
+        fused: SDPA when True, plain matmuls when False.
+
+    Returns:
+        ``[B, heads, N, d_v]``.
+    """
+    check_qkv(q, k, v, size)
+    height, width = size
+    bh, bw = resolve_block((height, width), block)
+    batch, heads, tokens, _ = q.shape
+    grids = [x.reshape(batch, heads, height, width, x.shape[-1]) for x in (q, k, v)]
+    rows = []
+    for row_start, row_stop, rh in _edge_bands(height, bh):
+        columns = []
+        for col_start, col_stop, rw in _edge_bands(width, bw):
+            region = [grid[:, :, row_start:row_stop, col_start:col_stop] for grid in grids]
+            # [B, heads * nb, rh * rw, d]
+            q_blocks, k_blocks, v_blocks = (grid_to_blocks(x, rh, rw).flatten(1, 2) for x in region)
+            out = softmax_attention(q_blocks, k_blocks, v_blocks, scale=scale, dropout_p=dropout_p, fused=fused)
+            out = out.unflatten(1, (heads, -1))
+            columns.append(blocks_to_grid(out, row_stop - row_start, col_stop - col_start, rh, rw))
+        rows.append(columns[0] if len(columns) == 1 else torch.cat(columns, dim=3))
+    grid = rows[0] if len(rows) == 1 else torch.cat(rows, dim=2)
+    return grid.reshape(batch, heads, tokens, v.shape[-1])
+
+
+def _check_lepe_weights(v: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    channels = v.shape[1] * v.shape[3]
+    if not isinstance(weight, Tensor) or weight.dim() != 4 or weight.shape[:2] != (channels, 1):
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"LePE weight must be a depthwise kernel [heads * d = {channels}, 1, kh, kw], got {shape}")
+    if weight.shape[2] % 2 == 0 or weight.shape[3] % 2 == 0:
+        raise ValueError(f"LePE kernel sides must be odd so the output stays on the grid, got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(f"LePE bias must have shape ({channels},), got {tuple(bias.shape)}")
+
+
+def lepe(
+    v: Tensor, size: tuple[int, int], weight: Tensor, bias: Tensor | None = None, *, block: BlockSpec | None = None
+) -> Tensor:
+    """LePE, CSWin's locally-enhanced positional encoding: a depthwise convolution of ``v`` on its grid.
+
+    Channel ``head * d + j`` of the conv is channel ``j`` of head ``head``, the order in which heads are
+    merged back to ``[B, N, C]``.
+
+    Args:
+        v: values ``[B, heads, N, d]``.
+        size: the grid ``(H, W)``.
+        weight: depthwise kernel ``[heads * d, 1, kh, kw]`` with odd sides.
+        bias: ``[heads * d]`` or None.
+        block: None to convolve the whole grid (global part); a block spec to convolve each block on its own,
+            zero padded at block edges (blockified part).
+
+    Returns:
+        ``[B, heads, N, d]``.
+    """
+    height, width = check_tokens(v, size, "v")
+    _check_lepe_weights(v, weight, bias)
+    batch, heads, _, dim = v.shape
+    padding = (weight.shape[2] // 2, weight.shape[3] // 2)
+    if block is None:
+        images = v.transpose(2, 3).reshape(batch, heads * dim, height, width)
+        out = F.conv2d(images, weight, bias, padding=padding, groups=heads * dim)
+        return out.reshape(batch, heads, dim, height * width).transpose(2, 3)
+    bh, bw = resolve_block((height, width), block)
+    # [B, heads, nb, bh * bw, d]; blockify pads with zeros, the conv's own zero padding at a block edge.
+    blocks = blockify(v, (height, width), (bh, bw))
+    num_blocks = blocks.shape[2]
+    images = blocks.permute(0, 2, 1, 4, 3).reshape(batch * num_blocks, heads * dim, bh, bw)
+    out = F.conv2d(images, weight, bias, padding=padding, groups=heads * dim)
+    out = out.reshape(batch, num_blocks, heads, dim, bh * bw).permute(0, 2, 1, 4, 3)
+    return unblockify(out, (height, width), (bh, bw))
+
+
+def global_head_count(num_heads: int, split: float) -> int:
+    """How many of ``num_heads`` heads are global linear heads for a ``split`` fraction in ``[0, 1]``.
+
+    Raises:
+        ValueError: if ``num_heads * split`` is not a whole number of heads.
+    """
+    if not 0.0 <= split <= 1.0:
+        raise ValueError(f"split is the fraction of global linear heads and must lie in [0, 1], got {split}")
+    count = num_heads * split
+    if abs(count - round(count)) > 1e-9:
+        raise ValueError(
+            f"{num_heads} heads cannot be split {split}: {num_heads} * {split} = {count:g} global heads is not a "
+            f"whole number; choose split as a multiple of 1/{num_heads}"
+        )
+    return round(count)
+
+
+def elfatt(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    size: tuple[int, int],
+    *,
+    block: BlockSpec,
+    split: float = 0.5,
+    global_lepe: LePEWeights | None = None,
+    block_lepe: LePEWeights | None = None,
+    dropout_p: float = 0.0,
+    fused: bool = True,
+) -> Tensor:
+    """ELFATT attention: global linear heads and blockified softmax heads in parallel, concatenated.
+
+    The first ``heads * split`` heads are global linear heads (:func:`global_linear_attention` plus LePE on
+    the whole grid), the rest blockified softmax heads (:func:`block_attention` plus LePE on each block).
+
+    Args:
+        q, k, v: ``[B, heads, N, d]``, ``N == H * W``.
+        size: the grid ``(H, W)``.
+        block: block of the softmax heads: ``(bh, bw)``, an int, ``None`` for a whole side.
+        split: fraction of heads that are global linear heads (0 gives only blocks, 1 only global heads).
+        global_lepe: ``(weight, bias)`` of the global heads' LePE, weight ``[global_heads * d, 1, k, k]``;
+            None for no LePE.
+        block_lepe: ``(weight, bias)`` of the block heads' LePE, weight ``[block_heads * d, 1, k, k]``.
+        dropout_p: dropout on the block heads' attention probabilities.
+        fused: SDPA for the block heads when True, plain matmuls when False.
+
+    Returns:
+        ``[B, heads, N, d_v]``, global heads first.
+    """
+    check_qkv(q, k, v, size)
+    num_global = global_head_count(q.shape[1], split)
+    parts = []
+    if num_global:
+        q_global, k_global, v_global = q[:, :num_global], k[:, :num_global], v[:, :num_global]
+        out = global_linear_attention(q_global, k_global, v_global)
+        if global_lepe is not None:
+            out = out + lepe(v_global, size, *global_lepe)
+        parts.append(out)
+    if num_global < q.shape[1]:
+        q_block, k_block, v_block = q[:, num_global:], k[:, num_global:], v[:, num_global:]
+        out = block_attention(q_block, k_block, v_block, size, block, dropout_p=dropout_p, fused=fused)
+        if block_lepe is not None:
+            out = out + lepe(v_block, size, *block_lepe, block=block)
+        parts.append(out)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

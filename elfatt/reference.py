@@ -1,0 +1,162 @@
+"""Float64 reference for ELFATT, written straight from the equations of the specification, for tests only.
+
+Loops over batch, head and block; no reshape tricks; softmax written as exp / sum. Every function upcasts
+its inputs to float64 and stays differentiable, so tests compare both outputs and gradients against it.
+Blocks are given as concrete ``(bh, bw)``; where the grid does not divide, the last blocks are smaller.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "softmax",
+    "global_linear_attention",
+    "block_token_indices",
+    "block_attention",
+    "lepe",
+    "elfatt",
+    "elfatt_attention_module",
+]
+
+
+def softmax(x: Tensor, dim: int) -> Tensor:
+    """``exp(x - max) / sum(exp(x - max))`` along ``dim``."""
+    shifted = torch.exp(x - x.amax(dim=dim, keepdim=True).detach())
+    return shifted / shifted.sum(dim=dim, keepdim=True)
+
+
+def global_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``softmax_row(Q) softmax_col(K)^T V`` for each batch and head; inputs ``[B, heads, N, d]``."""
+    q, k, v = q.double(), k.double(), v.double()
+    batches = []
+    for b in range(q.shape[0]):
+        heads = []
+        for h in range(q.shape[1]):
+            query_weights = softmax(q[b, h], dim=1)
+            key_weights = softmax(k[b, h], dim=0)
+            heads.append(query_weights @ (key_weights.T @ v[b, h]))
+        batches.append(torch.stack(heads))
+    return torch.stack(batches)
+
+
+def block_token_indices(size: tuple[int, int], block: tuple[int, int]) -> list[list[int]]:
+    """Row-major token indices of each block of the grid, blocks in row-major order, edge blocks cropped."""
+    height, width = size
+    bh, bw = block
+    blocks = []
+    for top in range(0, height, bh):
+        for left in range(0, width, bw):
+            rows = range(top, min(top + bh, height))
+            cols = range(left, min(left + bw, width))
+            blocks.append([r * width + c for r in rows for c in cols])
+    return blocks
+
+
+def block_attention(
+    q: Tensor, k: Tensor, v: Tensor, size: tuple[int, int], block: tuple[int, int], scale: float | None = None
+) -> Tensor:
+    """``softmax(Q_b K_b^T * scale) V_b`` inside each block ``b``, put back in token order."""
+    q, k, v = q.double(), k.double(), v.double()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=torch.float64, device=q.device)
+    for indices in block_token_indices(size, block):
+        for b in range(q.shape[0]):
+            for h in range(q.shape[1]):
+                q_block, k_block, v_block = q[b, h, indices], k[b, h, indices], v[b, h, indices]
+                weights = softmax(q_block @ k_block.T * scale, dim=1)
+                out[b, h, indices] = weights @ v_block
+    return out
+
+
+def _depthwise_conv(image: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``out[c, i, j] = bias[c] + sum_{a, b} weight[c, 0, a, b] * image[c, i + a - ka // 2, j + b - kb // 2]``.
+
+    ``image`` is ``[channels, rows, cols]``; pixels outside it count as zero.
+    """
+    _, rows, cols = image.shape
+    kernel_rows, kernel_cols = weight.shape[-2:]
+    out = torch.zeros_like(image)
+    for a in range(kernel_rows):
+        for b in range(kernel_cols):
+            di, dj = a - kernel_rows // 2, b - kernel_cols // 2
+            i0, i1 = max(0, -di), min(rows, rows - di)
+            j0, j1 = max(0, -dj), min(cols, cols - dj)
+            if i0 >= i1 or j0 >= j1:
+                continue
+            tap = weight[:, 0, a, b][:, None, None] * image[:, i0 + di : i1 + di, j0 + dj : j1 + dj]
+            out[:, i0:i1, j0:j1] = out[:, i0:i1, j0:j1] + tap
+    if bias is not None:
+        out = out + bias[:, None, None]
+    return out
+
+
+def lepe(
+    v: Tensor, size: tuple[int, int], weight: Tensor, bias: Tensor | None, block: tuple[int, int] | None = None
+) -> Tensor:
+    """Depthwise conv of V per block (whole grid when ``block`` is None); channel ``h * d + j`` is head h's j."""
+    v, weight = v.double(), weight.double()
+    bias = None if bias is None else bias.double()
+    height, width = size
+    batch, heads, _, dim = v.shape
+    block = (height, width) if block is None else block
+    out = torch.zeros_like(v)
+    for indices in block_token_indices(size, block):
+        rows = indices[-1] // width - indices[0] // width + 1
+        cols = len(indices) // rows
+        for b in range(batch):
+            # channel-major image of this block: [heads * d, rows, cols]
+            image = v[b, :, indices].permute(0, 2, 1).reshape(heads * dim, rows, cols)
+            conv = _depthwise_conv(image, weight, bias)
+            out[b, :, indices] = conv.reshape(heads, dim, rows * cols).permute(0, 2, 1)
+    return out
+
+
+def elfatt(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    size: tuple[int, int],
+    block: tuple[int, int],
+    global_heads: int,
+    global_lepe: tuple[Tensor, Tensor | None] | None = None,
+    block_lepe: tuple[Tensor, Tensor | None] | None = None,
+) -> Tensor:
+    """``cat(H_bar, H_tilde)`` over heads: the first ``global_heads`` heads global linear, the rest blockified."""
+    parts = []
+    if global_heads:
+        q_bar, k_bar, v_bar = q[:, :global_heads], k[:, :global_heads], v[:, :global_heads]
+        out = global_linear_attention(q_bar, k_bar, v_bar)
+        if global_lepe is not None:
+            out = out + lepe(v_bar, size, *global_lepe)
+        parts.append(out)
+    if global_heads < q.shape[1]:
+        q_tilde, k_tilde, v_tilde = q[:, global_heads:], k[:, global_heads:], v[:, global_heads:]
+        out = block_attention(q_tilde, k_tilde, v_tilde, size, block)
+        if block_lepe is not None:
+            out = out + lepe(v_tilde, size, *block_lepe, block=block)
+        parts.append(out)
+    return torch.cat(parts, dim=1)
+
+
+def elfatt_attention_module(module: torch.nn.Module, x: Tensor, size: tuple[int, int]) -> Tensor:
+    """What an ``ELFATTAttention`` computes, from its parameters: qkv linear, :func:`elfatt`, proj linear."""
+    x = x.double()
+    params = {name: p.double() for name, p in module.named_parameters()}
+    batch, tokens, channels = x.shape
+    heads, dim = module.num_heads, channels // module.num_heads
+    qkv = x @ params["qkv.weight"].T
+    if "qkv.bias" in params:
+        qkv = qkv + params["qkv.bias"]
+    q, k, v = (
+        qkv[..., i * channels : (i + 1) * channels].reshape(batch, tokens, heads, dim).transpose(1, 2) for i in range(3)
+    )
+    lepes = {}
+    for part in ("global_lepe", "block_lepe"):
+        if f"{part}.conv.weight" in params:
+            lepes[part] = (params[f"{part}.conv.weight"], params[f"{part}.conv.bias"])
+    block = module.block_size(size)
+    out = elfatt(q, k, v, size, block, module.num_global_heads, lepes.get("global_lepe"), lepes.get("block_lepe"))
+    out = out.transpose(1, 2).reshape(batch, tokens, channels)
+    return out @ params["proj.weight"].T + params["proj.bias"]
