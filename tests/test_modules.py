@@ -1,0 +1,94 @@
+"""ELFATTAttention and LePE against the float64 reference: outputs and gradients of inputs and parameters."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import DTYPE_IDS, DTYPES, assert_close
+
+import elfatt
+import elfatt.reference as reference
+
+MODULE_CASES = [
+    # dim, heads, size, layer options
+    (24, 4, (5, 7), dict(block=(2, 3))),
+    (36, 3, (6, 4), dict(block=(None, 3), split=1 / 3, qkv_bias=True)),
+    (40, 8, (9, 5), dict(num_blocks=(2, 2))),
+    (14, 2, (3, 8), dict(block=(2, None), split=0.0)),
+    (16, 1, (4, 3), dict(block=5, split=1.0, lepe_kernel=5)),
+]
+MODULE_IDS = [f"C{c}-H{h}-{s[0]}x{s[1]}-" + "-".join(f"{k}{v}" for k, v in o.items()) for c, h, s, o in MODULE_CASES]
+
+
+def _randomise(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Fresh random parameters, so that zero-initialised biases are tested too."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) / param.shape[-1] ** 0.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("dim, heads, size, options", MODULE_CASES, ids=MODULE_IDS)
+def test_module_matches_reference(dim, heads, size, options, dtype, generator):
+    layer = elfatt.ELFATTAttention(dim, heads, **options)
+    _randomise(layer, generator)
+    layer_ref = copy.deepcopy(layer).double()
+    layer = layer.to(dtype)
+    x = torch.randn(3, size[0] * size[1], dim, generator=generator, dtype=torch.float64)
+    x_fast, x_ref = x.to(dtype).requires_grad_(), x.clone().requires_grad_()
+    out = layer(x_fast, size)
+    ref = reference.elfatt_attention_module(layer_ref, x_ref, size)
+    assert_close(out, ref, dtype)
+    grad = torch.randn(ref.shape, generator=generator, dtype=torch.float64)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    assert_close(x_fast.grad, x_ref.grad, dtype, "input gradient")
+    for (name, param), param_ref in zip(layer.named_parameters(), layer_ref.parameters()):
+        assert_close(param.grad, param_ref.grad, dtype, f"gradient of {name}")
+
+
+@pytest.mark.parametrize("dim, heads, size, options", MODULE_CASES, ids=MODULE_IDS)
+def test_fused_and_plain_paths_agree(dim, heads, size, options, generator):
+    layer = elfatt.ELFATTAttention(dim, heads, **options)
+    _randomise(layer, generator)
+    x = torch.randn(2, size[0] * size[1], dim, generator=generator)
+    fused = layer(x, size)
+    layer.fused_attn = False
+    plain = layer(x, size)
+    assert_close(fused, plain, torch.float32)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 17), (13, 1), (2, 3), (31, 29), (8, 8), (16, 9)])
+def test_default_layer_takes_any_grid(size, generator):
+    x = torch.randn(2, size[0] * size[1], 256, generator=generator)
+    out = elfatt.ELFATTAttention(256, 8)(x, size)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+
+
+def test_num_blocks_grow_with_the_grid():
+    layer = elfatt.ELFATTAttention(32, 4, num_blocks=(2, 2))
+    assert layer.block_size((56, 56)) == (28, 28)
+    assert layer.block_size((14, 28)) == (7, 14)
+    assert elfatt.ELFATTAttention(32, 4).block_size((56, 56)) == (elfatt.DEFAULT_BLOCK, elfatt.DEFAULT_BLOCK)
+
+
+def test_attention_dropout_applies_in_training_only(generator):
+    layer = elfatt.ELFATTAttention(16, 2, attn_drop=0.5)
+    x = torch.randn(1, 20, 16, generator=generator)
+    layer.eval()
+    assert torch.equal(layer(x, (4, 5)), layer(x, (4, 5)))
+    layer.train()
+    torch.manual_seed(0)
+    first = layer(x, (4, 5))
+    torch.manual_seed(1)
+    assert not torch.allclose(first, layer(x, (4, 5)))
+
+
+def test_lepe_module_matches_functional(generator):
+    module = elfatt.LePE(12, kernel_size=5)
+    v = torch.randn(2, 3, 35, 4, generator=generator)
+    expected = reference.lepe(v, (5, 7), module.conv.weight, module.conv.bias, (2, 3))
+    assert_close(module(v, (5, 7), block=(2, 3)), expected, torch.float32)
