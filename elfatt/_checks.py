@@ -56,9 +56,7 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, size: object | None = None) -> No
     if q.shape != k.shape:
         raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"v must match q in [B, heads, N], got v {tuple(v.shape)} and q {tuple(q.shape)}"
-        )
+        raise ValueError(f"v must match q in [B, heads, N], got v {tuple(v.shape)} and q {tuple(q.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):

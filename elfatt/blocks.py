@@ -41,7 +41,7 @@ def resolve_block(size: tuple[int, int], block: BlockSpec) -> tuple[int, int]:
     if not isinstance(sides, (tuple, list)) or len(sides) != 2:
         raise TypeError(f"block must be an int or a (bh, bw) pair, got {block!r}")
     resolved = []
-    for side, full in zip(sides, (height, width)):
+    for side, full in zip(sides, (height, width), strict=True):
         if side is None:
             resolved.append(full)
             continue

@@ -47,8 +47,10 @@ class Case:
         return [x.to(dtype).requires_grad_() for x in values.unbind(0)]
 
     def __str__(self) -> str:
-        block = "x".join("all" if side is None else str(side) for side in (
-            (self.block, self.block) if isinstance(self.block, int) else self.block))
+        block = "x".join(
+            "all" if side is None else str(side)
+            for side in ((self.block, self.block) if isinstance(self.block, int) else self.block)
+        )
         return f"B{self.batch}-H{self.heads}-{self.height}x{self.width}-D{self.dim}-blk{block}"
 
 

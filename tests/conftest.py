@@ -26,9 +26,14 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm().clamp_min(floor)).item()
 
 
+WORST_ERROR: dict[tuple[torch.dtype, str], float] = {}
+
+
 def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "output") -> None:
     assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
     error = rel_error(out, ref)
+    kind = "output" if what == "output" else "gradient"
+    WORST_ERROR[dtype, kind] = max(WORST_ERROR.get((dtype, kind), 0.0), error)
     assert error < TOLERANCE[dtype], f"{what}: relative error {error:.3e} >= {TOLERANCE[dtype]:.0e} ({dtype})"
 
 
@@ -54,3 +59,12 @@ def nan_fresh_tensors(monkeypatch):
 def generator(request) -> torch.Generator:
     """A generator seeded from the test's id: fresh, different inputs per case, reproducible per run."""
     return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the worst relative error against the reference seen per dtype, outputs and gradients apart."""
+    if not WORST_ERROR:
+        return
+    terminalreporter.section("worst relative error against the float64 reference")
+    for (dtype, kind), error in sorted(WORST_ERROR.items(), key=lambda item: (str(item[0][0]), item[0][1])):
+        terminalreporter.write_line(f"{str(dtype):>16} {kind:<9} {error:.2e}  (tolerance {TOLERANCE[dtype]:.0e})")

@@ -80,6 +80,6 @@ def test_block_attention_is_local_to_its_block(case: Case, generator):
     outside[inside] = False
     before = elfatt.block_attention(q, k, v, case.size, case.block)
     noise = torch.randn(3, *q.shape, generator=generator) * 100
-    q2, k2, v2 = (torch.where(outside[:, None], x + n, x) for x, n in zip((q, k, v), noise))
+    q2, k2, v2 = (torch.where(outside[:, None], x + n, x) for x, n in zip((q, k, v), noise, strict=True))
     after = elfatt.block_attention(q2, k2, v2, case.size, case.block)
     assert torch.equal(after[:, :, inside], before[:, :, inside])

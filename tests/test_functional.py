@@ -27,7 +27,7 @@ def _check_against_reference(fast, slow, inputs, dtype, generator):
     grad = torch.randn(ref.shape, generator=generator, dtype=torch.float64)
     out.backward(grad.to(dtype))
     ref.backward(grad)
-    for i, (x, x_ref) in enumerate(zip(inputs, ref_inputs)):
+    for i, (x, x_ref) in enumerate(zip(inputs, ref_inputs, strict=True)):
         if x_ref.grad is None:
             assert x.grad is None, f"input {i} is unused by the reference but got a gradient"
             continue
@@ -111,12 +111,17 @@ def test_gradcheck(case: Case, generator):
         "block_matmul": lambda q, k, v: elfatt.block_attention(q, k, v, case.size, case.block, fused=False),
         "lepe_blocks": lambda q, k, v: elfatt.lepe(v, case.size, weight, bias, block=case.block),
         "elfatt": lambda q, k, v: elfatt.elfatt(
-            q, k, v, case.size, block=case.block, global_lepe=(weight[:half], bias[:half]),
+            q,
+            k,
+            v,
+            case.size,
+            block=case.block,
+            global_lepe=(weight[:half], bias[:half]),
             block_lepe=(weight[half:], bias[half:]),
         ),
     }
     for name, op in ops.items():
         assert torch.autograd.gradcheck(op, (q, k, v)), name
-    assert torch.autograd.gradcheck(
-        lambda w, b: elfatt.lepe(v, case.size, w, b, block=case.block), (weight, bias)
-    ), "lepe weights"
+    assert torch.autograd.gradcheck(lambda w, b: elfatt.lepe(v, case.size, w, b, block=case.block), (weight, bias)), (
+        "lepe weights"
+    )

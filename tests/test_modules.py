@@ -45,7 +45,7 @@ def test_module_matches_reference(dim, heads, size, options, dtype, generator):
     out.backward(grad.to(dtype))
     ref.backward(grad)
     assert_close(x_fast.grad, x_ref.grad, dtype, "input gradient")
-    for (name, param), param_ref in zip(layer.named_parameters(), layer_ref.parameters()):
+    for (name, param), param_ref in zip(layer.named_parameters(), layer_ref.parameters(), strict=True):
         assert_close(param.grad, param_ref.grad, dtype, f"gradient of {name}")
 
 
