@@ -125,3 +125,18 @@ def test_gradcheck(case: Case, generator):
     assert torch.autograd.gradcheck(lambda w, b: elfatt.lepe(v, case.size, w, b, block=case.block), (weight, bias)), (
         "lepe weights"
     )
+
+
+@pytest.mark.parametrize("block", [None, (3, 2)], ids=["grid", "blocks"])
+def test_lepe_rectangular_kernel(block, generator):
+    case = Case(2, 3, 7, 5, 4, (3, 2))
+    v = case.qkv(generator, torch.float32)[2]
+    weight = torch.randn(12, 1, 3, 5, generator=generator, dtype=torch.float64).float().requires_grad_()
+    bias = torch.randn(12, generator=generator).requires_grad_()
+    _check_against_reference(
+        lambda v, w, b: elfatt.lepe(v, case.size, w, b, block=block),
+        lambda v, w, b: reference.lepe(v, case.size, w, b, block),
+        [v, weight, bias],
+        torch.float32,
+        generator,
+    )
