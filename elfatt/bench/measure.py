@@ -1,0 +1,159 @@
+"""Measuring one benchmark cell: latency (median and spread), peak memory, FLOPs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import ctypes.util
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["Timing", "time_call", "peak_memory_mib", "memory_method", "count_flops"]
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+_M_MMAP_THRESHOLD = -3
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+_LIBC = _load_libc()
+
+
+@contextlib.contextmanager
+def _freed_memory_returned_to_os() -> Iterator[None]:
+    """Within the block, every allocation over 128 KiB is its own mmap, returned to the OS when freed.
+
+    glibc otherwise keeps large freed blocks in its heap, so a call after an earlier large one shows no RSS
+    growth. Afterwards the threshold goes to glibc's own maximum (32 MiB on 64-bit), close to the steady state
+    of its dynamic threshold, so timed calls reuse the heap as they would by default. No-op without glibc.
+    """
+    if _LIBC is None:
+        yield
+        return
+    _LIBC.malloc_trim(0)
+    _LIBC.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    try:
+        yield
+    finally:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of repeated calls, in milliseconds."""
+
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    repeats: int
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(
+    fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int, budget_s: float = float("inf")
+) -> Timing:
+    """Time ``fn`` after ``warmup`` calls: CUDA events on a GPU, ``perf_counter`` around a sync elsewhere.
+
+    Stops before ``repeats`` once the timed calls have taken ``budget_s`` and at least 3 were made.
+    """
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times: list[float] = []
+    for _ in range(repeats):
+        if len(times) >= 3 and sum(times) / 1e3 >= budget_s:
+            break
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        else:
+            start_s = time.perf_counter()
+            fn()
+            _synchronize(device)
+            times.append((time.perf_counter() - start_s) * 1e3)
+    if len(times) == 1:
+        return Timing(times[0], times[0], times[0], 1)
+    quartiles = statistics.quantiles(times, n=4)
+    return Timing(statistics.median(times), quartiles[0], quartiles[2], len(times))
+
+
+def _status_kib(field: str) -> int:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in {_STATUS}")
+
+
+def memory_method(device: torch.device) -> str:
+    """How :func:`peak_memory_mib` measures on ``device``."""
+    if device.type == "cuda":
+        return "cuda max_memory_allocated above the allocation before the call"
+    if _CLEAR_REFS.exists() and _STATUS.exists():
+        return "peak RSS (VmHWM, reset through /proc/self/clear_refs) above the RSS before the call"
+    return "unavailable"
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory that one call of ``fn`` adds, in MiB; None where it cannot be measured."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    if memory_method(device) == "unavailable":
+        return None
+    with _freed_memory_returned_to_os():
+        try:
+            _CLEAR_REFS.write_text("5")
+        except OSError:
+            return None
+        before = _status_kib("VmRSS")
+        fn()
+        return max(_status_kib("VmHWM") - before, 0) / 1024
+
+
+def count_flops(module: nn.Module, inputs: tuple, *, backward: bool) -> float | None:
+    """FLOPs of one forward (and backward) of ``module`` on ``inputs``, counted by ``FlopCounterMode`` on a meta
+    copy so nothing is computed; None where an op has no meta kernel."""
+    try:
+        meta_module = copy.deepcopy(module).to("meta")
+        meta_inputs = tuple(
+            torch.empty_like(x, device="meta").requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+            for x in inputs
+        )
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = meta_module(*meta_inputs)
+            if backward:
+                out.sum().backward()
+        return float(counter.get_total_flops())
+    except (NotImplementedError, RuntimeError):
+        return None

@@ -1,0 +1,68 @@
+"""Every attention mechanism the benchmark runs, by name: ELFATT's variants and the peers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from elfatt.bench.peers import PEERS
+from elfatt.modules import DEFAULT_BLOCK, ELFATTAttention
+
+__all__ = ["Mechanism", "MECHANISMS", "build_attention", "check_mechanisms"]
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """A named attention layer ``build(dim, num_heads)`` with ``forward(x [B, N, C], (H, W))``."""
+
+    name: str
+    build: Callable[[int, int], nn.Module]
+    summary: str
+
+
+def _half_split(num_heads: int) -> float:
+    """Half the heads, rounded down, are global: DeiT-Ti's 3 heads give 1 global and 2 block heads."""
+    return (num_heads // 2) / num_heads
+
+
+def _peer(name: str) -> Callable[[int, int], nn.Module]:
+    return lambda dim, heads: PEERS[name](dim, heads)
+
+
+MECHANISMS: dict[str, Mechanism] = {
+    mechanism.name: mechanism
+    for mechanism in (
+        Mechanism("vanilla", _peer("vanilla"), "softmax attention, explicit matmuls"),
+        Mechanism("sdpa", _peer("sdpa"), "softmax attention, F.scaled_dot_product_attention (Flash on CUDA)"),
+        Mechanism(
+            "elfatt",
+            lambda dim, heads: ELFATTAttention(dim, heads, block=DEFAULT_BLOCK, split=_half_split(heads)),
+            f"ELFATT, fixed {DEFAULT_BLOCK}x{DEFAULT_BLOCK} blocks (linear in tokens)",
+        ),
+        Mechanism(
+            "elfatt-b4",
+            lambda dim, heads: ELFATTAttention(dim, heads, num_blocks=(2, 2), split=_half_split(heads)),
+            "ELFATT, 4 blocks whatever the grid (the paper's b=4)",
+        ),
+        Mechanism("swin", _peer("swin"), "Swin window attention, 7x7 windows, relative-position bias"),
+        Mechanism("cswin", _peer("cswin"), "CSWin cross-shaped window attention, stripes of 7, LePE"),
+        Mechanism("efficient", _peer("efficient"), "Efficient Attention (Shen et al.)"),
+        Mechanism("flatten", _peer("flatten"), "FLatten focused linear attention (Han et al. 2023)"),
+        Mechanism("agent", _peer("agent"), "Agent Attention, 49 agents (Han et al. 2024)"),
+    )
+}
+
+
+def check_mechanisms(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Return ``names`` after checking each is registered; raises ValueError naming the unknown ones."""
+    unknown = [name for name in names if name not in MECHANISMS]
+    if unknown:
+        raise ValueError(f"unknown mechanism {', '.join(unknown)}; choose from {', '.join(MECHANISMS)}")
+    return list(names)
+
+
+def build_attention(name: str, dim: int, num_heads: int) -> nn.Module:
+    """Build the attention layer registered as ``name``."""
+    return MECHANISMS[check_mechanisms([name])[0]].build(dim, num_heads)

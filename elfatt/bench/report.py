@@ -1,0 +1,189 @@
+"""Benchmark output: a table in the terminal, and CSV, JSON (with the machine) and PNG plots in the output dir."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from elfatt.bench.runner import BenchConfig, Row
+
+__all__ = ["machine_info", "rows_table", "print_tables", "write_csv", "write_json", "write_markdown", "write_plots"]
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str) -> dict:
+    """What the results were measured on, so runs on different machines are comparable."""
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
+        "cuda": torch.version.cuda,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return info
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def rows_table(rows: Sequence[Row], level: str, run_pass: str) -> Table:
+    """A rich table of one level and pass: a line per mechanism and size, speedups against vanilla and SDPA."""
+    unit = "img/s" if level == "model" else "Mtok/s"
+    table = Table(title=f"{level} level, {run_pass}", title_justify="left", header_style="bold")
+    for column in (
+        "size",
+        "tokens",
+        "mechanism",
+        "median ms",
+        "p25-p75 ms",
+        unit,
+        "peak MiB",
+        "GFLOPs",
+        "x vs vanilla",
+        "x vs SDPA",
+    ):
+        table.add_column(column, justify="left" if column in ("size", "mechanism") else "right")
+    selected = [row for row in rows if row.level == level and row.run_pass == run_pass]
+    for index, row in enumerate(selected):
+        end_section = index + 1 == len(selected) or selected[index + 1].size != row.size
+        if row.status != "ok":
+            table.add_row(row.size, str(row.tokens), row.mechanism, row.status, end_section=end_section)
+            continue
+        throughput = row.throughput / 1e6 if level == "op" and row.throughput else row.throughput
+        style = "bold green" if row.mechanism.startswith("elfatt") else None
+        table.add_row(
+            row.size,
+            str(row.tokens),
+            row.mechanism,
+            _fmt(row.median_ms, ".2f"),
+            f"{_fmt(row.p25_ms, '.1f')}-{_fmt(row.p75_ms, '.1f')}",
+            _fmt(throughput, ".2f"),
+            _fmt(row.peak_mib, ".1f"),
+            _fmt(row.gflops, ".2f"),
+            _fmt(row.speedup_vs_vanilla, ".2f"),
+            _fmt(row.speedup_vs_sdpa, ".2f"),
+            style=style,
+            end_section=end_section,
+        )
+    return table
+
+
+def print_tables(rows: Sequence[Row], console: Console) -> None:
+    """Print one table per (level, pass) present in ``rows``."""
+    seen = []
+    for row in rows:
+        if (row.level, row.run_pass) not in seen:
+            seen.append((row.level, row.run_pass))
+    for level, run_pass in seen:
+        console.print(rows_table(rows, level, run_pass))
+
+
+def write_csv(rows: Sequence[Row], path: Path) -> None:
+    """Every row with every field, one line per cell."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[field.name for field in fields(Row)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.as_dict())
+
+
+def write_json(rows: Sequence[Row], config: BenchConfig, machine: dict, memory: str, path: Path) -> None:
+    """The machine, the configuration, how memory was measured, and the rows."""
+    payload = {
+        "machine": machine,
+        "config": asdict(config),
+        "memory_method": memory,
+        "rows": [r.as_dict() for r in rows],
+    }
+    path.write_text(json.dumps(payload, indent=2))
+
+
+def write_markdown(rows: Sequence[Row], machine: dict, path: Path) -> None:
+    """Per level and pass, a mechanism x size table of median ms with the speedup against SDPA and vanilla."""
+    where = machine["gpu"] or f"{machine['cpu']}, {machine['torch_threads']} threads"
+    lines = [f"Measured on {where}, torch {machine['torch']}, {machine['date']}.", ""]
+    for level, run_pass in dict.fromkeys((row.level, row.run_pass) for row in rows):
+        selected = [row for row in rows if row.level == level and row.run_pass == run_pass]
+        sizes = list(dict.fromkeys(row.size for row in selected))
+        lines += [f"**{level} level, {run_pass}**: median ms (speedup vs SDPA / vs vanilla)", ""]
+        lines += ["| mechanism | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for mechanism in dict.fromkeys(row.mechanism for row in selected):
+            cells = []
+            for size in sizes:
+                row = next((r for r in selected if r.mechanism == mechanism and r.size == size), None)
+                if row is None or row.median_ms is None:
+                    cells.append("-" if row is None else row.status)
+                    continue
+                cells.append(
+                    f"{row.median_ms:.1f} ({_fmt(row.speedup_vs_sdpa, '.2f')} / {_fmt(row.speedup_vs_vanilla, '.2f')})"
+                )
+            name = f"**{mechanism}**" if mechanism.startswith("elfatt") else mechanism
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def write_plots(rows: Sequence[Row], machine: dict, out_dir: Path) -> list[Path]:
+    """Per level, latency and peak memory against tokens, log-log, a line per mechanism and pass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    where = machine["gpu"] or machine["cpu"]
+    for level in ("op", "model"):
+        level_rows = [row for row in rows if row.level == level and row.status == "ok"]
+        if not level_rows:
+            continue
+        passes = list(dict.fromkeys(row.run_pass for row in level_rows))
+        figure, axes = plt.subplots(len(passes), 2, figsize=(12, 4.5 * len(passes)), squeeze=False)
+        for (latency_ax, memory_ax), run_pass in zip(axes, passes, strict=True):
+            for mechanism in dict.fromkeys(row.mechanism for row in level_rows):
+                points = [r for r in level_rows if r.mechanism == mechanism and r.run_pass == run_pass]
+                if not points:
+                    continue
+                style = dict(marker="o", linewidth=2.5 if mechanism.startswith("elfatt") else 1.2, label=mechanism)
+                latency_ax.plot([r.tokens for r in points], [r.median_ms for r in points], **style)
+                memory = [(r.tokens, r.peak_mib) for r in points if r.peak_mib]
+                if memory:
+                    memory_ax.plot(*zip(*memory, strict=True), **style)
+            for ax, what in ((latency_ax, "median latency (ms)"), (memory_ax, "peak memory (MiB)")):
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xlabel("tokens")
+                ax.set_ylabel(what)
+                ax.set_title(f"{level} level, {run_pass}")
+                ax.grid(True, which="both", alpha=0.3)
+            latency_ax.legend(fontsize=8)
+        figure.suptitle(f"elfatt bench: {level} level on {where}, torch {machine['torch']}", fontsize=11)
+        figure.tight_layout()
+        path = out_dir / f"{level}_level.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+    return written

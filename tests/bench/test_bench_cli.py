@@ -1,0 +1,84 @@
+"""`elfatt bench` end to end on a tiny sweep, and its one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from elfatt.bench.cli import main
+from elfatt.bench.mechanisms import MECHANISMS
+
+
+def test_tiny_sweep_writes_csv_json_and_plots(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = [
+        "--sides",
+        "4",
+        "6",
+        "--resolutions",
+        "32",
+        "48",
+        "--layout",
+        "vit_micro",
+        "--repeats",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    mechanisms = len(MECHANISMS)
+    # op level: 2 sides x 2 passes; model level: 2 resolutions x 1 pass
+    assert len(rows) == mechanisms * (2 * 2 + 2)
+    assert all(row["status"] == "ok" for row in rows), [row["status"] for row in rows if row["status"] != "ok"]
+    for row in rows:
+        assert float(row["median_ms"]) > 0
+        assert float(row["gflops"]) > 0
+        if row["mechanism"] == "vanilla":
+            assert float(row["speedup_vs_vanilla"]) == 1.0
+        if row["mechanism"] == "sdpa":
+            assert float(row["speedup_vs_sdpa"]) == 1.0
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["machine"]["torch"] and payload["machine"]["cpu"]
+    assert len(payload["rows"]) == len(rows)
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| **elfatt** |") == 3
+    for name in ("op_level.png", "model_level.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "op level, fwd+bwd" in printed and "model level, fwd" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--mechanisms", "elfatt", "nope"], "unknown mechanism nope"),
+        (["--levels", "model", "--resolutions", "200"], "not a positive multiple of the patch size 16"),
+        (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["--device", "cuda:0"], "no CUDA GPU"),
+        (["--device", "banana"], "device"),
+        (["--repeats", "zero"], "invalid int value"),
+        (["--dim", "30", "--heads", "4"], "not divisible"),
+        (["--layout", "vit_giant"], "unknown layout 'vit_giant'"),
+    ],
+)
+def test_bad_options_give_one_line_and_nonzero_exit(argv, message, tmp_path):
+    if argv[:2] == ["--device", "cuda:0"]:
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    result = subprocess.run(
+        [sys.executable, "-m", "elfatt.bench", *argv, "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]

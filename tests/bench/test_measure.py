@@ -1,0 +1,66 @@
+"""The measuring pieces: timing, FLOP counting, peak memory, ratios and cell skipping."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from elfatt.bench.measure import count_flops, memory_method, peak_memory_mib, time_call
+from elfatt.bench.runner import BenchConfig, Row, add_ratios, iterate
+
+
+def test_time_call_counts_repeats_and_orders_quartiles():
+    calls = []
+    timing = time_call(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=7)
+    assert len(calls) == 9 and timing.repeats == 7
+    assert timing.p25_ms <= timing.median_ms <= timing.p75_ms
+
+
+def test_time_call_stops_at_budget_after_three_calls():
+    timing = time_call(lambda: sum(range(20000)), torch.device("cpu"), warmup=0, repeats=50, budget_s=1e-9)
+    assert timing.repeats == 3
+
+
+def test_flops_of_a_linear_layer():
+    layer = torch.nn.Linear(8, 16)
+    x = torch.randn(5, 8, requires_grad=True)
+    assert count_flops(layer, (x,), backward=False) == 2 * 5 * 8 * 16
+    # backward: grad of input and of weight, each as many FLOPs as the forward
+    assert count_flops(layer, (x,), backward=True) == 3 * 2 * 5 * 8 * 16
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS through /proc is Linux-only")
+def test_peak_memory_sees_a_large_allocation():
+    if memory_method(torch.device("cpu")) == "unavailable":
+        pytest.skip("no /proc/self/clear_refs")
+    peak = peak_memory_mib(lambda: torch.ones(64, 2**20 // 4).sum(), torch.device("cpu"))
+    assert peak is not None and 48 <= peak <= 256
+
+
+def _row(mechanism: str, ms: float, size: str = "8x8") -> Row:
+    return Row("op", mechanism, size, 64, "fwd", 1, "fp32", median_ms=ms)
+
+
+def test_ratios_are_speedups_within_the_same_size():
+    rows = [_row("vanilla", 10.0), _row("sdpa", 4.0), _row("elfatt", 2.0), _row("elfatt", 1.0, size="16x16")]
+    add_ratios(rows)
+    assert rows[2].speedup_vs_vanilla == 5.0 and rows[2].speedup_vs_sdpa == 2.0
+    assert rows[3].speedup_vs_vanilla is None and rows[3].speedup_vs_sdpa is None
+
+
+def test_cells_predicted_over_budget_are_skipped():
+    config = BenchConfig(
+        levels=("op",),
+        mechanisms=("vanilla",),
+        sides=(4, 400),
+        dim=8,
+        heads=2,
+        repeats=1,
+        passes=("fwd",),
+        cell_budget_s=1e-3,
+    )
+    rows = [row for _, row in iterate(config)]
+    assert rows[0].status == "ok"
+    assert rows[1].status.startswith("skipped") and rows[1].median_ms is None
