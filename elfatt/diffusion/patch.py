@@ -1,0 +1,108 @@
+"""Applying and removing the ELFATT processors on a diffusers UNet, through ``set_attn_processor``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from elfatt.blocks import BlockSpec, resolve_block
+from elfatt.diffusion.processor import ELFATTAttnProcessor, PatchConfig, PatchState
+
+__all__ = ["apply_patch", "remove_patch", "is_patched", "patch_config"]
+
+_PATCH_ATTRIBUTE = "_elfatt_patch"
+
+
+def _unet(pipe_or_unet: object) -> nn.Module:
+    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+    if not (isinstance(unet, nn.Module) and hasattr(unet, "set_attn_processor") and hasattr(unet, "attn_processors")):
+        raise TypeError(
+            f"expected a diffusers pipeline with a .unet or a UNet with set_attn_processor, got {type(pipe_or_unet)}"
+        )
+    return unet
+
+
+def is_patched(pipe_or_unet: object) -> bool:
+    """Whether :func:`apply_patch` is in effect on this pipeline or UNet."""
+    return hasattr(_unet(pipe_or_unet), _PATCH_ATTRIBUTE)
+
+
+def _check_config(config: PatchConfig) -> None:
+    if not 0.0 <= config.ratio < 1.0:
+        raise ValueError(f"ratio must lie in [0, 1), got {config.ratio}")
+    if config.min_tokens < 1:
+        raise ValueError(f"min_tokens must be >= 1, got {config.min_tokens}")
+    if config.sx < 1 or config.sy < 1:
+        raise ValueError(f"sx and sy must be >= 1, got sx={config.sx}, sy={config.sy}")
+    if not 0.0 <= config.split <= 1.0:
+        raise ValueError(f"split must lie in [0, 1], got {config.split}")
+    resolve_block((1, 1), config.block)
+
+
+def apply_patch(
+    pipe_or_unet: object,
+    *,
+    ratio: float = 0.5,
+    block: BlockSpec = 16,
+    split: float = 0.5,
+    min_tokens: int = 4096,
+    cross_attention: bool = False,
+    sx: int = 2,
+    sy: int = 2,
+    random_destinations: bool = True,
+    seed: int = 0,
+) -> nn.Module:
+    """Compute the UNet's self-attention layers with ELFATT, training-free; returns the UNet.
+
+    Works on any diffusers UNet that exposes ``set_attn_processor`` (SD 1.x/2.x and SDXL's
+    ``UNet2DConditionModel``) and on any latent size, non-square included. :func:`remove_patch` restores the
+    original processors, the very same objects.
+
+    Args:
+        pipe_or_unet: a pipeline with a ``.unet``, or the UNet itself.
+        ratio: fraction of a layer's tokens merged away before attention (ToMe-SD's ratio; 0 merges none).
+        block: block of the softmax heads, in latent tokens of the layer's level.
+        split: fraction of each layer's heads that run global linear attention, rounded down (SD 2's 5-head
+            layers get 2 global heads at 0.5).
+        min_tokens: layers with fewer tokens keep their original attention (4096: the 64x64 level of SD at 512px).
+        cross_attention: also merge the queries of cross-attention layers (their text keys stay exact).
+        sx, sy: token-merging cell; one destination token per cell.
+        random_destinations: draw each cell's destination at random (seeded by ``seed``), as ToMe-SD does;
+            False takes each cell's first token.
+        seed: seed of the merge's random draws.
+    """
+    unet = _unet(pipe_or_unet)
+    if is_patched(unet):
+        remove_patch(unet)
+    config = PatchConfig(ratio, block, split, min_tokens, cross_attention, sx, sy, random_destinations, seed)
+    _check_config(config)
+    state = PatchState(config)
+    originals = dict(unet.attn_processors)
+
+    def record_latent_size(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        state.latent_size = (sample.shape[-2], sample.shape[-1])
+
+    hook = unet.register_forward_pre_hook(record_latent_size, with_kwargs=True)
+    unet.set_attn_processor({name: ELFATTAttnProcessor(state, original) for name, original in originals.items()})
+    setattr(unet, _PATCH_ATTRIBUTE, (originals, hook, state))
+    return unet
+
+
+def remove_patch(pipe_or_unet: object) -> nn.Module:
+    """Restore the processors the UNet had before :func:`apply_patch`; a no-op on an unpatched UNet."""
+    unet = _unet(pipe_or_unet)
+    if not is_patched(unet):
+        return unet
+    originals, hook, _ = getattr(unet, _PATCH_ATTRIBUTE)
+    unet.set_attn_processor(dict(originals))
+    hook.remove()
+    delattr(unet, _PATCH_ATTRIBUTE)
+    return unet
+
+
+def patch_config(pipe_or_unet: object) -> PatchConfig | None:
+    """The configuration of the patch in effect, or None."""
+    unet = _unet(pipe_or_unet)
+    return dataclasses.replace(getattr(unet, _PATCH_ATTRIBUTE)[2].config) if is_patched(unet) else None

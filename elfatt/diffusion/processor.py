@@ -1,0 +1,170 @@
+"""The diffusers attention processor that computes a pretrained attention layer with ELFATT, training-free."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from elfatt.blocks import BlockSpec, resolve_block
+from elfatt.diffusion.merge import TokenMerge, bipartite_soft_matching_2d
+from elfatt.functional import block_attention, global_linear_attention
+
+__all__ = ["PatchConfig", "PatchState", "ELFATTAttnProcessor", "latent_grid"]
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """How the patch computes attention; see :func:`elfatt.diffusion.apply_patch` for each field."""
+
+    ratio: float = 0.5
+    block: BlockSpec = 16
+    split: float = 0.5
+    min_tokens: int = 4096
+    cross_attention: bool = False
+    sx: int = 2
+    sy: int = 2
+    random_destinations: bool = True
+    seed: int = 0
+
+
+@dataclass
+class PatchState:
+    """What the processors of one patched UNet share: the latent size of the running call, and the merge RNG."""
+
+    config: PatchConfig
+    latent_size: tuple[int, int] | None = None
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+    def __post_init__(self) -> None:
+        self.generator.manual_seed(self.config.seed)
+
+
+def latent_grid(latent_size: tuple[int, int], tokens: int, max_levels: int = 8) -> tuple[int, int] | None:
+    """The token grid of a UNet level with ``tokens`` tokens: the latent halved (rounding up, as stride-2
+    convolutions with padding 1 do) until the count matches; None if no level matches."""
+    height, width = latent_size
+    for _ in range(max_levels):
+        if height * width == tokens:
+            return height, width
+        height, width = math.ceil(height / 2), math.ceil(width / 2)
+    return None
+
+
+class ELFATTAttnProcessor:
+    """Self-attention of a pretrained diffusers ``Attention`` computed as ELFATT, with no new weights.
+
+    Per call: the layer's input tokens are merged (ToMe-SD bipartite matching, ``ratio`` of them), q, k, v are
+    projected from the merged tokens with the layer's own weights; the first ``split`` of the heads (rounded
+    down) run global linear attention over the merged tokens; q, k, v of the other heads are unmerged back to
+    the full grid and run exact softmax attention inside ``block`` blocks (the layer's own ``1/sqrt(d)``
+    scale); both are unmerged, concatenated and sent through the layer's ``to_out``. LePE is left out: it has
+    no pretrained weights, and a zero-initialised LePE adds exactly nothing.
+
+    Layers and calls it does not cover go to the layer's original processor unchanged: attention masks, group
+    or spatial norms, q/k norms, fewer than ``min_tokens`` tokens, a token count that is no level of the
+    latent, and cross-attention unless ``cross_attention`` is set (then only the queries are merged and the
+    text keys are attended exactly).
+    """
+
+    def __init__(self, state: PatchState, original: object) -> None:
+        self.state = state
+        self.original = original
+
+    def _unsupported(self, attn: torch.nn.Module, attention_mask: Tensor | None) -> bool:
+        extras = ("spatial_norm", "group_norm", "norm_q", "norm_k", "norm_added_q", "add_q_proj")
+        return attention_mask is not None or any(getattr(attn, name, None) is not None for name in extras)
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+        *args: object,
+        **kwargs: object,
+    ) -> Tensor:
+        config = self.state.config
+        is_cross = encoder_hidden_states is not None
+        if hidden_states.ndim == 4:
+            grid: tuple[int, int] | None = (hidden_states.shape[2], hidden_states.shape[3])
+            tokens = grid[0] * grid[1]
+        else:
+            tokens = hidden_states.shape[1]
+            size = self.state.latent_size
+            grid = None if size is None else latent_grid(size, tokens)
+        if (
+            grid is None
+            or tokens < config.min_tokens
+            or (is_cross and not config.cross_attention)
+            or self._unsupported(attn, attention_mask)
+        ):
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+        residual = hidden_states
+        image_layout = hidden_states.shape if hidden_states.ndim == 4 else None
+        if image_layout is not None:
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        merge = self._plan_merge(hidden_states, grid)
+        merged = merge.merge(hidden_states)
+        if is_cross:
+            out = self._cross_attention(attn, merged, encoder_hidden_states)
+        else:
+            out = self._self_attention(attn, merged, merge, grid)
+        out = attn.to_out[1](attn.to_out[0](merge.unmerge(out) if is_cross else out))
+        if image_layout is not None:
+            out = out.transpose(1, 2).reshape(image_layout)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _plan_merge(self, hidden_states: Tensor, grid: tuple[int, int]) -> TokenMerge:
+        config = self.state.config
+        generator = self.state.generator if config.random_destinations else None
+        return bipartite_soft_matching_2d(
+            hidden_states, grid, config.ratio, sx=config.sx, sy=config.sy, generator=generator
+        )
+
+    @staticmethod
+    def _heads(attn: torch.nn.Module, x: Tensor) -> Tensor:
+        """``[B, M, heads * d] -> [B, heads, M, d]``."""
+        return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+
+    def _self_attention(
+        self, attn: torch.nn.Module, merged: Tensor, merge: TokenMerge, grid: tuple[int, int]
+    ) -> Tensor:
+        """ELFATT over the merged tokens; returns ``[B, N, heads * d]`` on the full grid, before ``to_out``."""
+        config = self.state.config
+        q, k, v = (self._heads(attn, proj(merged)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        batch, heads, _, dim = q.shape
+        num_global = int(heads * config.split + 1e-9)
+        parts = []
+        if num_global:
+            out = global_linear_attention(q[:, :num_global], k[:, :num_global], v[:, :num_global])
+            parts.append(self._unmerge_heads(merge, out))
+        if num_global < heads:
+            q_b, k_b, v_b = (self._unmerge_heads(merge, x[:, num_global:]) for x in (q, k, v))
+            block = resolve_block(grid, config.block)
+            parts.append(block_attention(q_b, k_b, v_b, grid, block, scale=attn.scale))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return out.transpose(1, 2).reshape(batch, merge.tokens, heads * dim)
+
+    @staticmethod
+    def _unmerge_heads(merge: TokenMerge, x: Tensor) -> Tensor:
+        """``[B, h, M, d] -> [B, h, N, d]`` through the token unmerge."""
+        batch, heads, _, dim = x.shape
+        flat = merge.unmerge(x.transpose(1, 2).reshape(batch, -1, heads * dim))
+        return flat.reshape(batch, merge.tokens, heads, dim).transpose(1, 2)
+
+    def _cross_attention(self, attn: torch.nn.Module, merged: Tensor, context: Tensor) -> Tensor:
+        """Exact attention of the merged queries to the text tokens; ``[B, M, heads * d]``."""
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        q = self._heads(attn, attn.to_q(merged))
+        k, v = (self._heads(attn, proj(context)) for proj in (attn.to_k, attn.to_v))
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        return out.transpose(1, 2).flatten(2)

@@ -1,0 +1,164 @@
+"""apply_patch / remove_patch on diffusers UNets: exact restore, reference match, skipping, fp16, a sampling loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from diffusers import DDIMScheduler, UNet2DConditionModel  # noqa: E402
+from diffusers.models.attention_processor import Attention  # noqa: E402
+
+import elfatt.diffusion.processor as processor_module  # noqa: E402
+import elfatt.reference as reference  # noqa: E402
+from elfatt.diffusion import apply_patch, is_patched, patch_config, remove_patch  # noqa: E402
+
+RTOL = {torch.float32: 1e-4, torch.float16: 2e-2}
+
+
+def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+
+
+def _inputs(height: int, width: int, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(height * 31 + width)
+    sample = torch.randn(2, 4, height, width, generator=generator).to(dtype)
+    context = torch.randn(2, 7, 32, generator=generator).to(dtype)
+    return sample, torch.tensor(500), context
+
+
+@pytest.mark.parametrize("size", [(16, 16), (12, 20), (9, 7)])
+def test_apply_then_remove_restores_bit_identical_outputs(size):
+    unet = tiny_unet()
+    sample, step, context = _inputs(*size)
+    originals = dict(unet.attn_processors)
+    with torch.no_grad():
+        before = unet(sample, step, context).sample
+        apply_patch(unet, min_tokens=1, block=4)
+        assert is_patched(unet)
+        patched = unet(sample, step, context).sample
+        remove_patch(unet)
+        after = unet(sample, step, context).sample
+    assert not is_patched(unet)
+    assert torch.equal(before, after)
+    assert all(unet.attn_processors[name] is processor for name, processor in originals.items())
+    assert torch.isfinite(patched).all() and not torch.equal(patched, before)
+
+
+def test_layers_below_min_tokens_keep_their_attention(monkeypatch):
+    unet = tiny_unet()
+    sample, step, context = _inputs(16, 24)
+    seen = []
+    real = processor_module.global_linear_attention
+
+    def spy(q, k, v):
+        seen.append(q.shape)
+        return real(q, k, v)
+
+    monkeypatch.setattr(processor_module, "global_linear_attention", spy)
+    with torch.no_grad():
+        before = unet(sample, step, context).sample
+        apply_patch(unet, min_tokens=16 * 24 + 1)
+        assert torch.equal(unet(sample, step, context).sample, before)
+        assert seen == []
+        apply_patch(unet, min_tokens=16 * 24, ratio=0.0)
+        unet(sample, step, context)
+    # Only the 16x24 level is patched: one down and two up self-attention layers (an up block has
+    # layers_per_block + 1), on 384 tokens each; none of the 8x12 level.
+    assert len(seen) == 3 and all(shape[2] == 16 * 24 for shape in seen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("split", [0.5, 0.25, 1.0, 0.0])
+def test_processor_matches_reference_without_merging(dtype, split):
+    torch.manual_seed(1)
+    attn = Attention(query_dim=64, heads=8, dim_head=8).eval()
+    size = (6, 10)
+    x = torch.randn(2, 60, 64)
+    ref = _reference_attention(attn, x.double(), size, (4, 4), split)
+    state = processor_module.PatchState(processor_module.PatchConfig(ratio=0.0, block=4, split=split, min_tokens=1))
+    state.latent_size = size
+    processor = processor_module.ELFATTAttnProcessor(state, original=None)
+    with torch.no_grad():
+        out = processor(attn.to(dtype), x.to(dtype))
+    error = ((out.double() - ref).norm() / ref.norm()).item()
+    assert error < RTOL[dtype], error
+
+
+def _reference_attention(attn, x, size, block, split):
+    """to_out(cat(global linear heads, block heads)) from the layer's weights, in float64."""
+    weights = {name: p.detach().double() for name, p in attn.named_parameters()}
+    heads = attn.heads
+    q, k, v = (
+        (x @ weights[f"to_{n}.weight"].T).reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2) for n in "qkv"
+    )
+    out = reference.elfatt(q, k, v, size, block, int(heads * split))
+    out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+    return out @ weights["to_out.0.weight"].T + weights["to_out.0.bias"]
+
+
+def test_patched_unet_is_finite_in_float16():
+    unet = tiny_unet().half()
+    sample, step, context = _inputs(24, 16, torch.float16)
+    apply_patch(unet, min_tokens=1, block=8, cross_attention=True)
+    with torch.no_grad():
+        out = unet(sample * 50, step, context).sample
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+def test_sampling_loop_runs_end_to_end_through_a_pipeline_object():
+    pipe = SimpleNamespace(unet=tiny_unet(), scheduler=DDIMScheduler(num_train_timesteps=1000))
+    apply_patch(pipe, min_tokens=64, ratio=0.5, block=4, cross_attention=True)
+    assert patch_config(pipe).cross_attention
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 12, 18, generator=generator)
+    context = torch.randn(2, 7, 32, generator=generator)
+    pipe.scheduler.set_timesteps(3)
+    with torch.no_grad():
+        for step in pipe.scheduler.timesteps:
+            noise = pipe.unet(latents, step, context).sample
+            latents = pipe.scheduler.step(noise, step, latents).prev_sample
+    assert latents.shape == (2, 4, 12, 18) and torch.isfinite(latents).all()
+    remove_patch(pipe)
+    assert not is_patched(pipe)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(ratio=1.0), "ratio"),
+        (dict(min_tokens=0), "min_tokens"),
+        (dict(split=2.0), "split"),
+        (dict(block=0), ">= 1"),
+    ],
+)
+def test_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        apply_patch(tiny_unet(), **kwargs)
+
+
+def test_rejects_objects_without_a_unet():
+    with pytest.raises(TypeError, match="set_attn_processor"):
+        apply_patch(torch.nn.Linear(2, 2))
+
+
+def test_importing_elfatt_does_not_import_diffusers():
+    code = "import sys, elfatt, elfatt.bench.cli; assert 'diffusers' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
