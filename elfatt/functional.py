@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from elfatt._checks import check_qkv, check_tokens
+from elfatt.backends import resolve_backend, triton_global_linear_attention
 from elfatt.blocks import BlockSpec, blockify, blocks_to_grid, grid_to_blocks, resolve_block, unblockify
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
 LePEWeights = tuple[Tensor, Tensor | None]
 
 
-def global_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def global_linear_attention(q: Tensor, k: Tensor, v: Tensor, *, backend: str = "auto") -> Tensor:
     """Global linear attention: ``softmax_row(q) @ (softmax_col(k)^T @ v)``, Efficient Attention (Shen et al.).
 
     The ``d x d`` context is computed first, so the cost is linear in the tokens and no ``N x N`` matrix is
@@ -38,11 +39,15 @@ def global_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         q: queries ``[B, heads, N, d]``; softmax over ``d`` (each token's channels), no ``1/sqrt(d)`` scale.
         k: keys ``[B, heads, N, d]``; softmax over ``N`` (each channel over the tokens).
         v: values ``[B, heads, N, d_v]``.
+        backend: ``"torch"``, ``"triton"`` (fused kernels, :mod:`elfatt.backends.triton_global`), or ``"auto"``:
+            Triton for CUDA tensors when it is installed, PyTorch otherwise.
 
     Returns:
         ``[B, heads, N, d_v]`` in the dtype of ``q``.
     """
     check_qkv(q, k, v)
+    if resolve_backend(backend, q) == "triton":
+        return triton_global_linear_attention()(q, k, v)
     accumulate = torch.promote_types(q.dtype, torch.float32)
     key_weights = k.softmax(dim=-2, dtype=accumulate)
     # [B, heads, d, d_v]
@@ -208,6 +213,7 @@ def elfatt(
     block_lepe: LePEWeights | None = None,
     dropout_p: float = 0.0,
     fused: bool = True,
+    backend: str = "auto",
 ) -> Tensor:
     """ELFATT attention: global linear heads and blockified softmax heads in parallel, concatenated.
 
@@ -224,6 +230,7 @@ def elfatt(
         block_lepe: ``(weight, bias)`` of the block heads' LePE, weight ``[block_heads * d, 1, k, k]``.
         dropout_p: dropout on the block heads' attention probabilities.
         fused: SDPA for the block heads when True, plain matmuls when False.
+        backend: kernels of the global heads, see :func:`global_linear_attention`.
 
     Returns:
         ``[B, heads, N, d_v]``, global heads first.
@@ -233,7 +240,7 @@ def elfatt(
     parts = []
     if num_global:
         q_global, k_global, v_global = q[:, :num_global], k[:, :num_global], v[:, :num_global]
-        out = global_linear_attention(q_global, k_global, v_global)
+        out = global_linear_attention(q_global, k_global, v_global, backend=backend)
         if global_lepe is not None:
             out = out + lepe(v_global, size, *global_lepe)
         parts.append(out)

@@ -6,6 +6,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from elfatt._checks import check_size
+from elfatt.backends import BACKENDS
 from elfatt.blocks import BlockSpec, block_from_count, resolve_block
 from elfatt.functional import elfatt, global_head_count, lepe
 
@@ -60,6 +61,7 @@ class ELFATTAttention(nn.Module):
         proj_drop: float = 0.0,
         lepe_kernel: int = 3,
         fused_attn: bool = True,
+        backend: str = "auto",
     ) -> None:
         """
         Args:
@@ -73,6 +75,8 @@ class ELFATTAttention(nn.Module):
             proj_drop: dropout after the output projection.
             lepe_kernel: side of the LePE depthwise kernels.
             fused_attn: block heads through ``F.scaled_dot_product_attention`` when True, plain matmuls when False.
+            backend: kernels of the global heads: ``"torch"``, ``"triton"``, or ``"auto"`` (Triton on CUDA when
+                installed).
         """
         super().__init__()
         if num_heads < 1 or dim % num_heads:
@@ -89,6 +93,9 @@ class ELFATTAttention(nn.Module):
         self.num_global_heads = global_head_count(num_heads, split)
         self.attn_drop = attn_drop
         self.fused_attn = fused_attn
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        self.backend = backend
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         global_channels = self.num_global_heads * self.head_dim
         self.global_lepe = LePE(global_channels, lepe_kernel) if global_channels else None
@@ -124,6 +131,7 @@ class ELFATTAttention(nn.Module):
             block_lepe=_weights(self.block_lepe),
             dropout_p=self.attn_drop if self.training else 0.0,
             fused=self.fused_attn,
+            backend=self.backend,
         )
         out = out.transpose(1, 2).reshape(batch, tokens, channels)
         return self.proj_drop(self.proj(out))

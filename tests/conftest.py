@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 
-import pytest
-import torch
+# Triton kernels run in Triton's interpreter on CPU tensors unless told otherwise (TRITON_INTERPRET=0 on a GPU).
+# It must be set before anything imports Triton, torch included.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Relative error ||out - ref|| / ||ref|| against float64, as in STYLE.md.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float64: 1e-10}
@@ -16,13 +21,13 @@ DTYPE_IDS = ["fp32", "bf16", "fp16"]
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64; NaN anywhere gives inf so it can never pass.
 
-    A reference that is zero but for float64 rounding (the query gradient of a single token, say) has no
-    meaningful relative error: its norm is floored at an RMS of 1e-6 per element.
+    A reference that is zero but for rounding (the query gradient of a single token, say) has no meaningful
+    relative error: its norm is floored at an RMS of 1e-5 per element, about float32 rounding of values near 100.
     """
     out, ref = out.detach().double(), ref.detach().double()
     if not torch.isfinite(out).all():
         return float("inf")
-    floor = 1e-6 * ref.numel() ** 0.5
+    floor = 1e-5 * ref.numel() ** 0.5
     return ((out - ref).norm() / ref.norm().clamp_min(floor)).item()
 
 
