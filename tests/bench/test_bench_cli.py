@@ -82,3 +82,25 @@ def test_bad_options_give_one_line_and_nonzero_exit(argv, message, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
+
+
+def test_backbone_timing_writes_a_row_per_model(tmp_path):
+    from elfatt.bench.backbones import main as backbones_main
+
+    out = tmp_path / "backbones.csv"
+    argv = [
+        "--models",
+        "swin_elfatt_tiny_224",
+        "--timm-models",
+        "--resolutions",
+        "64",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert backbones_main(argv) == 0
+    with out.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["model"] == "swin_elfatt_tiny_224" and float(row["params_m"]) > 29
+    assert float(row["gmacs_224"]) > 4 and float(row["fwd_ms_64"]) > 0
