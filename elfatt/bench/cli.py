@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mechanisms", nargs="+", default=list(MECHANISMS), metavar="NAME", help=f"any of: {', '.join(MECHANISMS)}"
     )
+    parser.add_argument(
+        "--backbones",
+        nargs="*",
+        metavar="NAME",
+        help="model level: whole backbones too (default: swin/cswin_elfatt_tiny_224, and "
+        "timm:swin_tiny_patch4_window7_224 timm:vit_small_patch16_224 where timm imports)",
+    )
     parser.add_argument("--sides", nargs="+", type=int, help="op level: grid sides (default by device)")
     parser.add_argument("--resolutions", nargs="+", type=int, help="model level: image sides, multiples of 16")
     parser.add_argument("--dim", type=int, default=128, help="op level: channels")
@@ -62,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         levels=tuple(args.levels),
         mechanisms=tuple(args.mechanisms),
+        **({} if args.backbones is None else {"backbones": tuple(args.backbones)}),
         sides=tuple(args.sides or (GPU_SIDES if on_gpu else CPU_SIDES)),
         resolutions=tuple(args.resolutions or (GPU_RESOLUTIONS if on_gpu else CPU_RESOLUTIONS)),
         dim=args.dim,

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from elfatt.bench.backbone_models import build_backbone, check_backbones, default_backbones
 from elfatt.bench.measure import count_flops, peak_memory_mib, time_call
 from elfatt.bench.mechanisms import MECHANISMS, build_attention, check_mechanisms
 from elfatt.bench.models import VIT_LAYOUTS, AttentionViT, check_resolution
@@ -25,6 +26,7 @@ class BenchConfig:
 
     levels: tuple[str, ...] = ("op", "model")
     mechanisms: tuple[str, ...] = tuple(MECHANISMS)
+    backbones: tuple[str, ...] = field(default_factory=default_backbones)
     sides: tuple[int, ...] = (16, 32, 64, 96, 128)
     resolutions: tuple[int, ...] = (224, 384, 512, 768)
     dim: int = 128
@@ -46,6 +48,7 @@ class BenchConfig:
     def validate(self) -> None:
         """Raise ValueError with a one-line message on any option that cannot run."""
         check_mechanisms(self.mechanisms)
+        check_backbones(self.backbones)
         for level in self.levels:
             if level not in ("op", "model"):
                 raise ValueError(f"unknown level {level!r}; choose op and/or model")
@@ -129,7 +132,7 @@ def plan_cells(config: BenchConfig) -> list[Cell]:
         for resolution in config.resolutions:
             grid = (resolution // 16, resolution // 16)
             for run_pass in config.model_passes:
-                for name in config.mechanisms:
+                for name in (*config.mechanisms, *config.backbones):
                     cells.append(Cell("model", name, f"{resolution}px", grid[0] * grid[1], run_pass, grid, resolution))
     return cells
 
@@ -140,7 +143,10 @@ def _build(cell: Cell, config: BenchConfig, device: torch.device) -> tuple[nn.Mo
         module: nn.Module = _GridCall(build_attention(cell.mechanism, config.dim, config.heads), cell.grid)
         inputs: tuple = (torch.randn(config.batch, cell.tokens, config.dim, device=device),)
     else:
-        module = AttentionViT(cell.mechanism, config.layout)
+        if cell.mechanism in MECHANISMS:
+            module = AttentionViT(cell.mechanism, config.layout)
+        else:
+            module = build_backbone(cell.mechanism, cell.resolution)
         inputs = (torch.randn(config.batch, 3, cell.resolution, cell.resolution, device=device),)
     module = module.to(device)
     if cell.run_pass == "fwd":

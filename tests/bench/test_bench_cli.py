@@ -15,26 +15,14 @@ from elfatt.bench.mechanisms import MECHANISMS
 
 def test_tiny_sweep_writes_csv_json_and_plots(tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = [
-        "--sides",
-        "4",
-        "6",
-        "--resolutions",
-        "32",
-        "48",
-        "--layout",
-        "vit_micro",
-        "--repeats",
-        "2",
-        "--out",
-        str(out),
-    ]
-    assert main(argv) == 0
+    argv = ["--sides", "4", "6", "--resolutions", "32", "48", "--layout", "vit_micro", "--repeats", "2"]
+    assert main([*argv, "--backbones", "swin_elfatt_tiny_224", "--out", str(out)]) == 0
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     mechanisms = len(MECHANISMS)
-    # op level: 2 sides x 2 passes; model level: 2 resolutions x 1 pass
-    assert len(rows) == mechanisms * (2 * 2 + 2)
+    # op level: 2 sides x 2 passes; model level: 2 resolutions x 1 pass, each mechanism and the backbone
+    assert len(rows) == mechanisms * 2 * 2 + (mechanisms + 1) * 2
+    assert [row["size"] for row in rows if row["mechanism"] == "swin_elfatt_tiny_224"] == ["32px", "48px"]
     assert all(row["status"] == "ok" for row in rows), [row["status"] for row in rows if row["status"] != "ok"]
     for row in rows:
         assert float(row["median_ms"]) > 0
@@ -65,6 +53,7 @@ def test_tiny_sweep_writes_csv_json_and_plots(tmp_path, capsys):
         (["--repeats", "zero"], "invalid int value"),
         (["--dim", "30", "--heads", "4"], "not divisible"),
         (["--layout", "vit_giant"], "unknown layout 'vit_giant'"),
+        (["--backbones", "resnet50"], "unknown backbone 'resnet50'"),
     ],
 )
 def test_bad_options_give_one_line_and_nonzero_exit(argv, message, tmp_path):
