@@ -1,5 +1,9 @@
 """elfatt: ELFATT, Efficient Linear Fast Attention for vision transformers (Wu et al., ACM MM 2025)."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from elfatt.blocks import BlockSpec, block_from_count, blockify, resolve_block, unblockify
 from elfatt.functional import (
     block_attention,
@@ -25,7 +29,17 @@ __all__ = [
     "global_head_count",
     "global_linear_attention",
     "lepe",
+    "patch_timm_vit",
     "resolve_block",
     "softmax_attention",
     "unblockify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``patch_timm_vit`` is imported on first use, so that ``import elfatt`` does not load the model files."""
+    if name == "patch_timm_vit":
+        from elfatt.models.vit_elfatt import patch_timm_vit
+
+        return patch_timm_vit
+    raise AttributeError(f"module 'elfatt' has no attribute {name!r}")

@@ -114,32 +114,43 @@ class ELFATTAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be [B, N, C={self.dim}], got shape {tuple(x.shape)}")
         height, width = check_size(size)
-        batch, tokens, channels = x.shape
+        tokens = x.shape[1]
         if height * width != tokens:
             raise ValueError(f"grid size {height}x{width}={height * width} does not match the {tokens} tokens of x")
+        q, k, v = self.project_heads(x)
+        out = elfatt(q, k, v, (height, width), **self.attention_options((height, width)))
+        return self.merge_heads(out)
+
+    def project_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v ``[B, heads, N, d]`` of tokens ``x`` ``[B, N, C]`` through the ``qkv`` linear."""
+        batch, tokens, _ = x.shape
         # [3, B, heads, N, d]
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = elfatt(
-            q,
-            k,
-            v,
-            (height, width),
-            block=self.block_size((height, width)),
+        return q, k, v
+
+    def attention_options(self, size: tuple[int, int]) -> dict:
+        """The keyword arguments of :func:`~elfatt.functional.elfatt` this layer uses on the grid ``size``."""
+        return dict(
+            block=self.block_size(size),
             split=self.split,
-            global_lepe=_weights(self.global_lepe),
-            block_lepe=_weights(self.block_lepe),
+            global_lepe=lepe_weights(self.global_lepe),
+            block_lepe=lepe_weights(self.block_lepe),
             dropout_p=self.attn_drop if self.training else 0.0,
             fused=self.fused_attn,
             backend=self.backend,
         )
-        out = out.transpose(1, 2).reshape(batch, tokens, channels)
-        return self.proj_drop(self.proj(out))
+
+    def merge_heads(self, out: Tensor) -> Tensor:
+        """``[B, heads, N, d]`` attention output to ``[B, N, C]`` through ``proj`` and its dropout."""
+        batch, _, tokens, _ = out.shape
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, self.dim)))
 
     def extra_repr(self) -> str:
         blocks = f"num_blocks={self.num_blocks}" if self.num_blocks is not None else f"block={self.block}"
         return f"dim={self.dim}, num_heads={self.num_heads}, global_heads={self.num_global_heads}, {blocks}"
 
 
-def _weights(module: LePE | None) -> tuple[Tensor, Tensor | None] | None:
+def lepe_weights(module: LePE | None) -> tuple[Tensor, Tensor | None] | None:
+    """``(weight, bias)`` of a LePE module for the functional ops, or None where there is none."""
     return None if module is None else (module.conv.weight, module.conv.bias)
