@@ -147,6 +147,11 @@ def write_markdown(rows: Sequence[Row], machine: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def _x_value(row: Row) -> int:
+    """Tokens at op level; the image side at model level, where backbones differ in tokens per pixel."""
+    return row.tokens if row.level == "op" else int(row.size.removesuffix("px"))
+
+
 def write_plots(rows: Sequence[Row], machine: dict, out_dir: Path) -> list[Path]:
     """Per level, latency and peak memory against tokens, log-log, a line per mechanism and pass."""
     import matplotlib
@@ -161,21 +166,25 @@ def write_plots(rows: Sequence[Row], machine: dict, out_dir: Path) -> list[Path]
         if not level_rows:
             continue
         passes = list(dict.fromkeys(row.run_pass for row in level_rows))
+        mechanisms = list(dict.fromkeys(row.mechanism for row in level_rows))
+        colours = plt.get_cmap("tab20")(range(len(mechanisms)))
         figure, axes = plt.subplots(len(passes), 2, figsize=(12, 4.5 * len(passes)), squeeze=False)
         for (latency_ax, memory_ax), run_pass in zip(axes, passes, strict=True):
-            for mechanism in dict.fromkeys(row.mechanism for row in level_rows):
+            for mechanism, colour in zip(mechanisms, colours, strict=True):
                 points = [r for r in level_rows if r.mechanism == mechanism and r.run_pass == run_pass]
                 if not points:
                     continue
-                style = dict(marker="o", linewidth=2.5 if mechanism.startswith("elfatt") else 1.2, label=mechanism)
-                latency_ax.plot([r.tokens for r in points], [r.median_ms for r in points], **style)
-                memory = [(r.tokens, r.peak_mib) for r in points if r.peak_mib]
+                ours = mechanism.startswith("elfatt") or "_elfatt_" in mechanism
+                style = dict(color=colour, marker="o" if ours else ".", linewidth=2.5 if ours else 1.2, label=mechanism)
+                xs = [_x_value(r) for r in points]
+                latency_ax.plot(xs, [r.median_ms for r in points], **style)
+                memory = [(_x_value(r), r.peak_mib) for r in points if r.peak_mib]
                 if memory:
                     memory_ax.plot(*zip(*memory, strict=True), **style)
             for ax, what in ((latency_ax, "median latency (ms)"), (memory_ax, "peak memory (MiB)")):
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
-                ax.set_xlabel("tokens")
+                ax.set_xlabel("tokens" if level == "op" else "image side (px)")
                 ax.set_ylabel(what)
                 ax.set_title(f"{level} level, {run_pass}")
                 ax.grid(True, which="both", alpha=0.3)
