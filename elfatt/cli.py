@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from elfatt.bench.cli import OneLineErrorParser, add_arguments, run
+from elfatt.train.cli import add_arguments as add_train_arguments
+from elfatt.train.cli import run as run_train
 
 __all__ = ["main"]
 
@@ -15,8 +17,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     bench = commands.add_parser("bench", help="speed, memory and FLOPs against every peer, side by side")
     add_arguments(bench)
+    train = commands.add_parser("train", help="train a classifier (image folders, digits, Long Range Arena)")
+    add_train_arguments(train)
     args = parser.parse_args(argv)
-    return run(args)
+    return run_train(args) if args.command == "train" else run(args)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    from elfatt.bench.mechanisms import MECHANISMS
+    from elfatt.bench.mechanisms import DEFAULT_BENCH_MECHANISMS, MECHANISMS
 
     parser.add_argument("--levels", nargs="+", default=["op", "model"], choices=["op", "model"])
     parser.add_argument(
-        "--mechanisms", nargs="+", default=list(MECHANISMS), metavar="NAME", help=f"any of: {', '.join(MECHANISMS)}"
+        "--mechanisms",
+        nargs="+",
+        default=list(DEFAULT_BENCH_MECHANISMS),
+        metavar="NAME",
+        help=f"any of: {', '.join(MECHANISMS)}",
     )
     parser.add_argument(
         "--backbones",

@@ -10,7 +10,7 @@ from torch import nn
 from elfatt.bench.peers import PEERS
 from elfatt.modules import DEFAULT_BLOCK, ELFATTAttention
 
-__all__ = ["Mechanism", "MECHANISMS", "build_attention", "check_mechanisms"]
+__all__ = ["Mechanism", "MECHANISMS", "DEFAULT_BENCH_MECHANISMS", "build_attention", "check_mechanisms"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Mechanism:
     name: str
     build: Callable[[int, int], nn.Module]
     summary: str
+    in_default_bench: bool = True
 
 
 def _half_split(num_heads: int) -> float:
@@ -46,6 +47,18 @@ MECHANISMS: dict[str, Mechanism] = {
             lambda dim, heads: ELFATTAttention(dim, heads, num_blocks=(2, 2), split=_half_split(heads)),
             "ELFATT, 4 blocks whatever the grid (the paper's b=4)",
         ),
+        Mechanism(
+            "elfatt-window",
+            lambda dim, heads: ELFATTAttention(dim, heads, block=DEFAULT_BLOCK, split=0.0),
+            "ELFATT's blockified part alone: every head in 8x8 blocks (an ablation)",
+            in_default_bench=False,
+        ),
+        Mechanism(
+            "elfatt-linear",
+            lambda dim, heads: ELFATTAttention(dim, heads, split=1.0),
+            "ELFATT's global linear part alone, with LePE (an ablation)",
+            in_default_bench=False,
+        ),
         Mechanism("swin", _peer("swin"), "Swin window attention, 7x7 windows, relative-position bias"),
         Mechanism("cswin", _peer("cswin"), "CSWin cross-shaped window attention, stripes of 7, LePE"),
         Mechanism("efficient", _peer("efficient"), "Efficient Attention (Shen et al.)"),
@@ -53,6 +66,9 @@ MECHANISMS: dict[str, Mechanism] = {
         Mechanism("agent", _peer("agent"), "Agent Attention, 49 agents (Han et al. 2024)"),
     )
 }
+
+
+DEFAULT_BENCH_MECHANISMS = tuple(name for name, mechanism in MECHANISMS.items() if mechanism.in_default_bench)
 
 
 def check_mechanisms(names: list[str] | tuple[str, ...]) -> list[str]:

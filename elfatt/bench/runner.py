@@ -11,7 +11,7 @@ from torch import nn
 
 from elfatt.bench.backbone_models import build_backbone, check_backbones, default_backbones
 from elfatt.bench.measure import count_flops, peak_memory_mib, time_call
-from elfatt.bench.mechanisms import MECHANISMS, build_attention, check_mechanisms
+from elfatt.bench.mechanisms import DEFAULT_BENCH_MECHANISMS, MECHANISMS, build_attention, check_mechanisms
 from elfatt.bench.models import VIT_LAYOUTS, AttentionViT, check_resolution
 
 __all__ = ["BenchConfig", "Cell", "Row", "plan_cells", "run_cell", "add_ratios", "DTYPES"]
@@ -25,7 +25,7 @@ class BenchConfig:
     """What to run. Defaults finish in a few minutes on 2 CPU cores."""
 
     levels: tuple[str, ...] = ("op", "model")
-    mechanisms: tuple[str, ...] = tuple(MECHANISMS)
+    mechanisms: tuple[str, ...] = DEFAULT_BENCH_MECHANISMS
     backbones: tuple[str, ...] = field(default_factory=default_backbones)
     sides: tuple[int, ...] = (16, 32, 64, 96, 128)
     resolutions: tuple[int, ...] = (224, 384, 512, 768)

@@ -1,0 +1,5 @@
+"""``python -m elfatt.train``."""
+
+from elfatt.train.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""The training loop: AdamW, warm-up then cosine schedule, label smoothing, AMP, checkpoint and resume, DDP.
+
+One process per device under ``torchrun`` (the ``WORLD_SIZE``/``RANK`` environment; gloo on CPU, NCCL on CUDA),
+or a single process. Each epoch's data order and random state derive from ``seed`` and the epoch alone, so a run
+resumed from its checkpoint continues exactly as if it had not stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from elfatt.train.model import build_model
+from elfatt.train.tasks import build_task
+
+__all__ = ["TrainConfig", "train"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in its checkpoints."""
+
+    task: str = "digits"
+    model: str = "elfatt"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    amp: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    patch: int = 1
+    train_samples: int = 4000
+    val_samples: int = 1000
+    image_size: int = 224
+    max_length: int = 500
+    workers: int = 0
+    out: Path = Path("train-results/run")
+    resume: Path | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Distributed:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup(config: TrainConfig) -> _Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _Distributed(device=torch.device(config.device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    on_cuda = config.device.startswith("cuda")
+    dist.init_process_group("nccl" if on_cuda else "gloo")
+    device = torch.device("cuda", local_rank) if on_cuda else torch.device("cpu")
+    if on_cuda:
+        torch.cuda.set_device(device)
+    return _Distributed(rank, world, device)
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    warmup = max(1, round(config.warmup_epochs * steps_per_epoch))
+    total = max(warmup + 1, config.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+    return factor
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reduce(values: list[float], setup: _Distributed) -> list[float]:
+    if setup.world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=setup.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _run_epoch(model, loader, setup, config, *, optimizer=None, scheduler=None, scaler=None, progress=None):
+    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy) over all ranks."""
+    training = optimizer is not None
+    model.train(training)
+    amp_dtype = torch.float16 if setup.device.type == "cuda" else torch.bfloat16
+    total_loss = correct = count = 0.0
+    task_id = progress.add_task("train" if training else "eval", total=len(loader)) if progress else None
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(setup.device), labels.to(setup.device)
+        autocast = torch.autocast(setup.device.type, dtype=amp_dtype) if config.amp else contextlib.nullcontext()
+        with torch.set_grad_enabled(training), autocast:
+            logits = model(inputs)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing if training else 0.0)
+        if training:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(dim=-1) == labels).sum().item()
+        count += len(labels)
+        if progress:
+            progress.update(task_id, advance=1, description=f"{'train' if training else 'eval'} loss {loss.item():.3f}")
+    if progress:
+        progress.remove_task(task_id)
+    total_loss, correct, count = _reduce([total_loss, correct, count], setup)
+    return total_loss / max(count, 1), correct / max(count, 1)
+
+
+def train(config: TrainConfig) -> list[dict]:
+    """Train and evaluate per ``config``; returns the per-epoch log (also in ``out/log.csv``, ``out/curves.png``)."""
+    setup = _setup(config)
+    try:
+        history = _train(config, setup)
+        if setup.world > 1:
+            # Every rank waits for rank 0's last checkpoint and log; tearing gloo down early aborts the others.
+            dist.barrier()
+        return history
+    finally:
+        if setup.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
+    torch.manual_seed(config.seed)
+    task = build_task(
+        config.task,
+        seed=config.seed,
+        train_samples=config.train_samples,
+        val_samples=config.val_samples,
+        image_size=config.image_size,
+        max_length=config.max_length,
+    )
+    model = build_model(
+        config.model, task, dim=config.dim, depth=config.depth, heads=config.heads, patch=config.patch
+    ).to(setup.device)
+    sampler = DistributedSampler(task.train, setup.world, setup.rank, shuffle=True, seed=config.seed)
+    train_loader = DataLoader(task.train, config.batch_size, sampler=sampler, num_workers=config.workers)
+    val_shard = Subset(task.val, range(setup.rank, len(task.val), setup.world))
+    val_loader = DataLoader(val_shard, config.batch_size, num_workers=config.workers)
+    ddp_model = nn.parallel.DistributedDataParallel(model) if setup.world > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, len(train_loader)))
+    scaler = torch.amp.GradScaler(setup.device.type, enabled=config.amp and setup.device.type == "cuda")
+    history: list[dict] = []
+    start_epoch = 0
+    if config.resume is not None:
+        state = torch.load(config.resume, map_location=setup.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+    config.out.mkdir(parents=True, exist_ok=True)
+    best = max((row["val_acc"] for row in history), default=-1.0)
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        torch.manual_seed(config.seed + 1000 * epoch + setup.rank)
+        start = time.perf_counter()
+        with _progress(config, setup) as progress:
+            train_loss, train_acc = _run_epoch(
+                ddp_model,
+                train_loader,
+                setup,
+                config,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                progress=progress,
+            )
+            epoch_seconds = time.perf_counter() - start
+            val_loss, val_acc = _run_epoch(ddp_model, val_loader, setup, config, progress=progress)
+        row = dict(
+            epoch=epoch + 1,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            lr=scheduler.get_last_lr()[0],
+            epoch_seconds=epoch_seconds,
+            peak_mib=_peak_memory_mib(setup.device),
+        )
+        history.append(row)
+        if setup.main:
+            print(
+                f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f} | {epoch_seconds:.1f}s",
+                flush=True,
+            )
+            state = dict(
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(),
+                epoch=epoch,
+                history=history,
+                config=asdict(config),
+            )
+            torch.save(state, config.out / "last.pt")
+            if val_acc > best:
+                best = val_acc
+                torch.save(state, config.out / "best.pt")
+            _write_log(history, config.out)
+    return history
+
+
+@contextlib.contextmanager
+def _progress(config: TrainConfig, setup: _Distributed):
+    if not (config.progress and setup.main):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as progress:
+        yield progress
+
+
+def _write_log(history: list[dict], out: Path) -> None:
+    with (out / "log.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        loss_ax.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
+        acc_ax.plot(epochs, [row[f"{split}_acc"] for row in history], marker="o", label=split)
+    for ax, what in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    figure.suptitle(out.name)
+    figure.tight_layout()
+    figure.savefig(out / "curves.png", dpi=100)
+    plt.close(figure)

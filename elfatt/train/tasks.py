@@ -1,0 +1,109 @@
+"""Classification tasks for ``elfatt train``: what the data is and how a model sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset, TensorDataset
+
+__all__ = ["Task", "TASKS", "build_task"]
+
+TASKS = ("digits", "pathfinder32", "pathfinder64", "pathfinder128", "listops", "folder:<path>")
+
+
+@dataclass
+class Task:
+    """A dataset pair and its input layout: images (``channels``, ``image_size``) or token ids (``vocab_size``,
+    ``seq_len``, laid out as a ``(1, seq_len)`` grid)."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    kind: str
+    channels: int = 0
+    image_size: int = 0
+    vocab_size: int = 0
+    seq_len: int = 0
+
+
+def _pathfinder(size: int, train_samples: int, val_samples: int, seed: int) -> tuple[TensorDataset, TensorDataset]:
+    from elfatt.data.cache import cached
+    from elfatt.data.pathfinder import generate_pathfinder
+
+    def split(samples: int, split_seed: int) -> TensorDataset:
+        params = dict(samples=samples, size=size, seed=split_seed)
+        data = cached(
+            "pathfinder",
+            params,
+            lambda: dict(
+                zip(("images", "labels"), generate_pathfinder(samples, size=size, seed=split_seed), strict=True)
+            ),
+        )
+        return TensorDataset(data["images"], data["labels"])
+
+    return split(train_samples, seed), split(val_samples, seed + 10_000)
+
+
+def _listops(train_samples: int, val_samples: int, seed: int, max_length: int) -> tuple[TensorDataset, ...]:
+    from elfatt.data.cache import cached
+    from elfatt.data.listops import generate_listops
+
+    def split(samples: int, split_seed: int) -> TensorDataset:
+        params = dict(samples=samples, seed=split_seed, max_length=max_length)
+
+        def build() -> dict:
+            tokens, labels = generate_listops(
+                samples, seed=split_seed, max_length=max_length, min_length=max(1, max_length // 4)
+            )
+            return dict(tokens=tokens, labels=labels)
+
+        data = cached("listops", params, build)
+        return TensorDataset(data["tokens"], data["labels"])
+
+    return split(train_samples, seed), split(val_samples, seed + 10_000)
+
+
+def build_task(
+    name: str,
+    *,
+    seed: int = 0,
+    train_samples: int = 4000,
+    val_samples: int = 1000,
+    image_size: int = 224,
+    max_length: int = 500,
+) -> Task:
+    """Build a task by name (see :data:`TASKS`).
+
+    Args:
+        name: ``digits`` (scikit-learn's, shipped with it), ``pathfinder{32,64,128}`` and ``listops`` (Long Range
+            Arena, generated locally with fixed seeds and cached), or ``folder:<path>`` with ``<path>/train`` and
+            ``<path>/val`` in ImageFolder layout.
+        seed: seed of the split or the generators.
+        train_samples, val_samples: sizes of the generated tasks.
+        image_size: side the folder task resizes images to.
+        max_length: ListOps sequence length (padded).
+    """
+    if name == "digits":
+        from elfatt.data.images import digits
+
+        return Task(name, digits("train", seed=seed), digits("val", seed=seed), 10, "image", channels=1, image_size=8)
+    if name.startswith("pathfinder") and name.removeprefix("pathfinder") in ("32", "64", "128"):
+        size = int(name.removeprefix("pathfinder"))
+        train, val = _pathfinder(size, train_samples, val_samples, seed)
+        return Task(name, train, val, 2, "image", channels=1, image_size=size)
+    if name == "listops":
+        from elfatt.data.listops import VOCAB_SIZE
+
+        train, val = _listops(train_samples, val_samples, seed, max_length)
+        return Task(name, train, val, 10, "tokens", vocab_size=VOCAB_SIZE, seq_len=max_length)
+    if name.startswith("folder:"):
+        from elfatt.data.images import ImageFolder
+
+        root = Path(name.removeprefix("folder:"))
+        train, val = ImageFolder(root / "train", image_size), ImageFolder(root / "val", image_size)
+        if train.classes != val.classes:
+            raise ValueError(f"{root}/train and {root}/val have different classes")
+        return Task(name, train, val, len(train.classes), "image", channels=3, image_size=image_size)
+    raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")

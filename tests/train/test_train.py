@@ -1,0 +1,99 @@
+"""elfatt train: a step of each task, exact resume, a 2-process DDP run, image folders, bad options."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from elfatt.train import TrainConfig, train
+from elfatt.train.cli import main
+
+TINY = dict(epochs=1, batch_size=32, dim=16, depth=1, heads=2, progress=False)
+
+
+def test_digits_run_writes_checkpoints_log_and_curves(tmp_path):
+    history = train(TrainConfig(task="digits", model="elfatt", out=tmp_path, **TINY))
+    assert len(history) == 1 and 0.0 <= history[0]["val_acc"] <= 1.0
+    assert {"last.pt", "best.pt", "log.csv", "curves.png"} <= {path.name for path in tmp_path.iterdir()}
+    with (tmp_path / "log.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert float(row["epoch_seconds"]) > 0 and float(row["peak_mib"]) > 0
+
+
+@pytest.mark.parametrize("model", ["vanilla", "elfatt-window", "elfatt-linear", "efficient"])
+def test_every_ablation_trains_a_step(model, tmp_path):
+    history = train(TrainConfig(task="digits", model=model, out=tmp_path, **TINY))
+    assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+
+
+def test_resume_continues_exactly(tmp_path):
+    options = dict(task="digits", model="elfatt", batch_size=64, dim=16, depth=1, heads=2, progress=False)
+    straight = train(TrainConfig(epochs=2, out=tmp_path / "straight", **options))
+    train(TrainConfig(epochs=1, out=tmp_path / "first", **options))
+    resumed = train(TrainConfig(epochs=2, out=tmp_path / "resumed", resume=tmp_path / "first" / "last.pt", **options))
+    assert [row["epoch"] for row in resumed] == [1, 2]
+    assert resumed[1]["train_loss"] == straight[1]["train_loss"]
+    assert resumed[1]["val_acc"] == straight[1]["val_acc"]
+
+
+def test_two_process_ddp_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "elfatt.train", "--task", "digits", "--model", "elfatt", "--epochs", "1", "--batch-size", "32",
+        "--dim", "16", "--depth", "1", "--heads", "2", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("epoch 1/1") == 1
+    assert (out / "last.pt").is_file()
+
+
+def _write_folder(root: Path, generator: torch.Generator) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (root / split / label).mkdir(parents=True)
+            for index in range(4):
+                pixels = (torch.rand(20, 28, 3, generator=generator) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / label / f"{index}.png")
+
+
+def test_image_folder_task(tmp_path):
+    _write_folder(tmp_path / "images", torch.Generator().manual_seed(0))
+    config = TrainConfig(
+        task=f"folder:{tmp_path / 'images'}", model="elfatt", image_size=16, patch=4, out=tmp_path / "run", **TINY
+    )
+    history = train(config)
+    assert len(history) == 1
+
+
+def test_backbone_model_on_images(tmp_path):
+    _write_folder(tmp_path / "images", torch.Generator().manual_seed(1))
+    config = TrainConfig(
+        task=f"folder:{tmp_path / 'images'}", model="swin_elfatt_tiny_224", image_size=32, out=tmp_path / "run", **TINY
+    )
+    assert len(train(config)) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "cifar10"], "unknown task 'cifar10'"),
+        (["--model", "resnet"], "unknown model 'resnet'"),
+        (["--resume", "/nonexistent/last.pt"], "no checkpoint"),
+        (["--task", "folder:/nonexistent"], "does not exist"),
+    ],
+)
+def test_bad_options_are_one_line(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0]
