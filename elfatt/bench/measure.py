@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["Timing", "time_call", "peak_memory_mib", "memory_method", "count_flops"]
+__all__ = ["Timing", "time_call", "peak_memory_mib", "memory_method", "count_flops", "reset_peak_rss", "peak_rss_mib"]
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -109,6 +109,20 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in {_STATUS}")
 
 
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS; False where Linux's clear_refs is unavailable."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mib() -> float:
+    """The process's peak RSS since start or the last :func:`reset_peak_rss`, in MiB."""
+    return _status_kib("VmHWM") / 1024
+
+
 def memory_method(device: torch.device) -> str:
     """How :func:`peak_memory_mib` measures on ``device``."""
     if device.type == "cuda":
@@ -131,13 +145,11 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | N
     if memory_method(device) == "unavailable":
         return None
     with _freed_memory_returned_to_os():
-        try:
-            _CLEAR_REFS.write_text("5")
-        except OSError:
+        if not reset_peak_rss():
             return None
         before = _status_kib("VmRSS")
         fn()
-        return max(_status_kib("VmHWM") - before, 0) / 1024
+        return max(peak_rss_mib() - before / 1024, 0)
 
 
 def count_flops(module: nn.Module, inputs: tuple, *, backward: bool) -> float | None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from elfatt.bench.measure import peak_rss_mib, reset_peak_rss
 from elfatt.train.model import build_model
 from elfatt.train.tasks import build_task
 
@@ -96,9 +97,21 @@ def _schedule(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
 
 
 def _peak_memory_mib(device: torch.device) -> float:
+    """CUDA: max allocated since the run started; CPU: the process's peak RSS since the run started (or since
+    the process started where Linux's clear_refs is unavailable)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        return peak_rss_mib()
+    except (OSError, RuntimeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()
 
 
 def _reduce(values: list[float], setup: _Distributed) -> list[float]:
@@ -154,6 +167,7 @@ def train(config: TrainConfig) -> list[dict]:
 
 
 def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
+    _reset_peak_memory(setup.device)
     torch.manual_seed(config.seed)
     task = build_task(
         config.task,

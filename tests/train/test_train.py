@@ -97,3 +97,26 @@ def test_bad_options_are_one_line(argv, message, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0]
+
+
+def test_experiments_write_a_summary(tmp_path):
+    from elfatt.train.experiments import main as experiments
+
+    argv = ["--task", "digits", "--mechanisms", "elfatt", "vanilla", "--seeds", "0", "--epochs", "1"]
+    assert experiments([*argv, "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| elfatt |" in summary and "| vanilla |" in summary
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    with (tmp_path / "runs.csv").open() as handle:
+        assert [row["mechanism"] for row in csv.DictReader(handle)] == ["elfatt", "vanilla"]
+
+
+@pytest.mark.parametrize("task", ["pathfinder32", "listops"])
+def test_lra_tasks_train_a_step(task, tmp_path, monkeypatch):
+    monkeypatch.setenv("ELFATT_DATA_DIR", str(tmp_path / "cache"))
+    config = TrainConfig(
+        task=task, model="elfatt", train_samples=16, val_samples=8, max_length=64, out=tmp_path, **TINY
+    )
+    history = train(config)
+    assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["train_loss"]))
+    assert any((tmp_path / "cache").iterdir())
