@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "GENERATOR_VERSION",
     "OPERATORS",
     "PAD_ID",
     "VOCAB",
@@ -34,6 +35,9 @@ __all__ = [
     "generate_listops",
     "tokenize_listops",
 ]
+
+# Part of every cache key: raise it whenever the generated samples change, so old caches are not reused.
+GENERATOR_VERSION = 1
 
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
 CLOSE = "]"

@@ -37,7 +37,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PRESETS", "PathfinderParams", "PathfinderSample", "generate_pathfinder", "sample_pathfinder"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "PRESETS",
+    "PathfinderParams",
+    "PathfinderSample",
+    "generate_pathfinder",
+    "sample_pathfinder",
+]
+
+# Part of every cache key: raise it whenever the generated samples change, so old caches are not reused.
+GENERATOR_VERSION = 1
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ class Task:
 
 def _pathfinder(size: int, train_samples: int, val_samples: int, seed: int) -> tuple[TensorDataset, TensorDataset]:
     from elfatt.data.cache import cached
-    from elfatt.data.pathfinder import generate_pathfinder
+    from elfatt.data.pathfinder import GENERATOR_VERSION, generate_pathfinder
 
     def split(samples: int, split_seed: int) -> TensorDataset:
-        params = dict(samples=samples, size=size, seed=split_seed)
+        params = dict(samples=samples, size=size, seed=split_seed, version=GENERATOR_VERSION)
         data = cached(
             "pathfinder",
             params,
@@ -48,10 +48,10 @@ def _pathfinder(size: int, train_samples: int, val_samples: int, seed: int) -> t
 
 def _listops(train_samples: int, val_samples: int, seed: int, max_length: int) -> tuple[TensorDataset, ...]:
     from elfatt.data.cache import cached
-    from elfatt.data.listops import generate_listops
+    from elfatt.data.listops import GENERATOR_VERSION, generate_listops
 
     def split(samples: int, split_seed: int) -> TensorDataset:
-        params = dict(samples=samples, seed=split_seed, max_length=max_length)
+        params = dict(samples=samples, seed=split_seed, max_length=max_length, version=GENERATOR_VERSION)
 
         def build() -> dict:
             tokens, labels = generate_listops(
