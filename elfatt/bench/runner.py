@@ -43,7 +43,6 @@ class BenchConfig:
     passes: tuple[str, ...] = PASSES
     model_passes: tuple[str, ...] = ("fwd",)
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message on any option that cannot run."""

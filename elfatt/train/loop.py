@@ -14,7 +14,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -57,7 +57,6 @@ class TrainConfig:
     out: Path = Path("train-results/run")
     resume: Path | None = None
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
