@@ -26,7 +26,10 @@ def digits(split: str, *, val_fraction: float = 0.2, seed: int = 0) -> TensorDat
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("the digits task needs scikit-learn: pip install 'elfatt[train]'") from None
 
     data = load_digits()
     images = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         train(config)
-    except ValueError as error:
+    except (ValueError, ImportError) as error:
         print(f"elfatt train: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -120,3 +120,12 @@ def test_lra_tasks_train_a_step(task, tmp_path, monkeypatch):
     history = train(config)
     assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["train_loss"]))
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_missing_optional_dependency_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert main(["--task", "digits", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "elfatt train: error: the digits task needs scikit-learn: pip install 'elfatt[train]'"
+    )
