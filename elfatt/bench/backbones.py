@@ -8,7 +8,6 @@ windows that divide every stage at 512, so it is built there with ``window_size 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from elfatt._csv import write_rows
 from elfatt.bench.measure import count_flops, time_call
 from elfatt.models import create_model
 
@@ -78,11 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gmacs = "-" if row["gmacs_224"] is None else f"{row['gmacs_224']:.2f}"
         times = "".join(f" {row[f'fwd_ms_{r}']:>10.1f}" for r in args.resolutions)
         print(f"{source + ':' + name:<32} {row['params_m']:>9.2f} {gmacs:>10}{times}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out)
     return 0
 
 

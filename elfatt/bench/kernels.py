@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from elfatt._csv import write_rows
+from elfatt.bench.measure import time_call
 from elfatt.functional import elfatt, global_linear_attention
 
 __all__ = ["main", "global_part_bytes"]
@@ -26,19 +26,9 @@ def global_part_bytes(batch: int, heads: int, tokens: int, dim: int, element_siz
     return 4 * batch * heads * tokens * dim * element_size
 
 
-def _cuda_ms(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+def _cuda_ms(fn: Callable[[], object]) -> float:
+    """Median of 30 CUDA-event timings after 5 warm-up calls."""
+    return time_call(fn, torch.device("cuda"), warmup=5, repeats=30).median_ms
 
 
 def _copy_bandwidth() -> float:
@@ -100,11 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({row['layer_speedup_vs_sdpa']:.1f}x)",
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out)
     return 0
 
 

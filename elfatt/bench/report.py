@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from elfatt._csv import write_rows
 from elfatt.bench.runner import BenchConfig, Row
 
 __all__ = ["machine_info", "rows_table", "print_tables", "write_csv", "write_json", "write_markdown", "write_plots"]
@@ -104,11 +104,7 @@ def print_tables(rows: Sequence[Row], console: Console) -> None:
 
 def write_csv(rows: Sequence[Row], path: Path) -> None:
     """Every row with every field, one line per cell."""
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[field.name for field in fields(Row)])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row.as_dict())
+    write_rows([row.as_dict() for row in rows], path)
 
 
 def write_json(rows: Sequence[Row], config: BenchConfig, machine: dict, memory: str, path: Path) -> None:

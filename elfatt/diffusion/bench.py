@@ -8,7 +8,6 @@ With random weights the difference says how much the patch changes a layer stack
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from elfatt._csv import write_rows
 from elfatt.diffusion.patch import apply_patch, remove_patch
 
 __all__ = ["SD15_UNET_CONFIG", "build_sd15_unet", "main"]
@@ -146,11 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{row['attention_speedup']:>6.2f}x {difference:>9.3f}",
                 flush=True,
             )
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "diffusion.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, args.out / "diffusion.csv")
     print(f"wrote {args.out / 'diffusion.csv'}")
     return 0
 

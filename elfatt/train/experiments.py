@@ -9,13 +9,13 @@ final validation accuracy, seconds per epoch, peak memory) and ``accuracy.png`` 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from elfatt._csv import write_rows
 from elfatt.train.loop import TrainConfig, train
 
 __all__ = ["MECHANISMS", "PRESETS", "main"]
@@ -71,11 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write_summary(rows: list[dict], out: Path, task: str, preset: dict, seeds: list[int]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "runs.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, out / "runs.csv")
     command = f"python -m elfatt.train.experiments --task {task} --seeds {' '.join(map(str, seeds))}"
     lines = [
         f"`{command}` ({', '.join(f'{key}={value}' for key, value in preset.items())})",

@@ -8,7 +8,6 @@ resumed from its checkpoint continues exactly as if it had not stopped.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
 import resource
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from elfatt._csv import write_rows
 from elfatt.bench.measure import peak_rss_mib, reset_peak_rss
 from elfatt.train.model import build_model
 from elfatt.train.tasks import build_task
@@ -263,10 +263,7 @@ def _progress(config: TrainConfig, setup: _Distributed):
 
 
 def _write_log(history: list[dict], out: Path) -> None:
-    with (out / "log.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+    write_rows(history, out / "log.csv")
     import matplotlib
 
     matplotlib.use("Agg")
