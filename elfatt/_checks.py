@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_size", "check_heads_tensor", "check_tokens", "check_qkv"]
+__all__ = ["check_size", "check_heads_tensor", "check_tokens", "check_qkv", "pair"]
 
 
 def check_size(size: object) -> tuple[int, int]:
@@ -61,3 +61,11 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, size: object | None = None) -> No
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+
+
+def pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    """Return ``value`` (an int for both sides, or two) as a ``(height, width)`` pair of positive ints."""
+    height, width = (value, value) if isinstance(value, int) else tuple(value)
+    if height < 1 or width < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(height), int(width)

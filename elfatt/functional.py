@@ -21,6 +21,7 @@ __all__ = [
     "softmax_attention",
     "lepe",
     "global_head_count",
+    "half_split",
     "elfatt",
 ]
 
@@ -182,6 +183,14 @@ def lepe(
     out = F.conv2d(images, weight, bias, padding=padding, groups=heads * dim)
     out = out.reshape(batch, num_blocks, heads, dim, bh * bw).permute(0, 2, 1, 4, 3)
     return unblockify(out, (height, width), (bh, bw))
+
+
+def half_split(num_heads: int) -> float:
+    """The fraction of global linear heads that gives half of ``num_heads``, rounded down for an odd count
+    (1 of DeiT-Ti's 3 heads)."""
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+    return (num_heads // 2) / num_heads
 
 
 def global_head_count(num_heads: int, split: float) -> int:

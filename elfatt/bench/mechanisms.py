@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from elfatt.bench.peers import PEERS
+from elfatt.functional import half_split
 from elfatt.modules import DEFAULT_BLOCK, ELFATTAttention
 
 __all__ = ["Mechanism", "MECHANISMS", "DEFAULT_BENCH_MECHANISMS", "build_attention", "check_mechanisms"]
@@ -23,11 +24,6 @@ class Mechanism:
     in_default_bench: bool = True
 
 
-def _half_split(num_heads: int) -> float:
-    """Half the heads, rounded down, are global: DeiT-Ti's 3 heads give 1 global and 2 block heads."""
-    return (num_heads // 2) / num_heads
-
-
 def _peer(name: str) -> Callable[[int, int], nn.Module]:
     return lambda dim, heads: PEERS[name](dim, heads)
 
@@ -39,12 +35,12 @@ MECHANISMS: dict[str, Mechanism] = {
         Mechanism("sdpa", _peer("sdpa"), "softmax attention, F.scaled_dot_product_attention (Flash on CUDA)"),
         Mechanism(
             "elfatt",
-            lambda dim, heads: ELFATTAttention(dim, heads, block=DEFAULT_BLOCK, split=_half_split(heads)),
+            lambda dim, heads: ELFATTAttention(dim, heads, block=DEFAULT_BLOCK, split=half_split(heads)),
             f"ELFATT, fixed {DEFAULT_BLOCK}x{DEFAULT_BLOCK} blocks (linear in tokens)",
         ),
         Mechanism(
             "elfatt-b4",
-            lambda dim, heads: ELFATTAttention(dim, heads, num_blocks=(2, 2), split=_half_split(heads)),
+            lambda dim, heads: ELFATTAttention(dim, heads, num_blocks=(2, 2), split=half_split(heads)),
             "ELFATT, 4 blocks whatever the grid (the paper's b=4)",
         ),
         Mechanism(

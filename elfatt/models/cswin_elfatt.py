@@ -45,6 +45,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from elfatt._checks import pair
 from elfatt.blocks import BlockSpec, block_from_count, resolve_block
 from elfatt.models._builder import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_model, feature_take_indices
 from elfatt.models._registry import register_model
@@ -339,7 +340,7 @@ class CSWinELFATT(nn.Module):
             num_blocks = DEFAULT_NUM_BLOCKS
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.img_size = _pair(img_size)
+        self.img_size = pair(img_size, "img_size")
         self.embed_dims = [embed_dim * 2**i for i in range(num_stages)]
         self.num_features = self.head_hidden_size = self.embed_dims[-1]
         block_counts = None if num_blocks is None else per_stage(num_blocks, num_stages, "num_blocks")
@@ -379,7 +380,7 @@ class CSWinELFATT(nn.Module):
         self.norm = norm_layer(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     @staticmethod
     def block_grid(count: BlockCount) -> tuple[int, int]:
@@ -427,7 +428,7 @@ class CSWinELFATT(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            _init_weights(self.head)
+            init_weights(self.head)
 
     def set_input_size(
         self,
@@ -443,7 +444,7 @@ class CSWinELFATT(nn.Module):
         ``num_blocks`` (a count per stage) or ``block_sizes`` (a size per stage) to change them for a new size.
         """
         if img_size is not None:
-            self.img_size = _pair(img_size)
+            self.img_size = pair(img_size, "img_size")
         if num_blocks is not None and block_sizes is not None:
             raise ValueError("give at most one of num_blocks and block_sizes")
         if num_blocks is None and block_sizes is None:
@@ -537,14 +538,8 @@ class CSWinELFATT(nn.Module):
         return take_indices
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    if height < 1 or width < 1:
-        raise ValueError(f"img_size must be positive, got {size!r}")
-    return height, width
-
-
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
+    """timm's init of linears (truncated normal 0.02, zero bias) and LayerNorms (ones, zeros)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from elfatt._checks import check_size
+from elfatt._checks import check_size, pair
 from elfatt.blocks import BlockSpec, block_from_count, resolve_block
 from elfatt.functional import (
     LePEWeights,
@@ -60,12 +60,13 @@ from elfatt.functional import (
     elfatt,
     global_head_count,
     global_linear_attention,
+    half_split,
     lepe,
     softmax_attention,
 )
 from elfatt.models._builder import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_model, feature_take_indices
 from elfatt.models._registry import register_model
-from elfatt.models.cswin_elfatt import DropPath, Mlp
+from elfatt.models.cswin_elfatt import DropPath, Mlp, init_weights
 from elfatt.modules import ELFATTAttention
 
 __all__ = [
@@ -75,7 +76,6 @@ __all__ = [
     "TimmELFATTAttention",
     "PatchEmbed",
     "prefix_elfatt",
-    "default_split",
     "resample_abs_pos_embed",
     "patch_timm_vit",
     "checkpoint_filter_fn",
@@ -83,13 +83,6 @@ __all__ = [
 
 # Blocks of the softmax heads when neither a count nor a size is given: four windows, 7x7 at 224.
 DEFAULT_NUM_BLOCKS = (2, 2)
-
-
-def default_split(num_heads: int) -> float:
-    """The fraction of global linear heads: half, rounded down for an odd count (1 of DeiT-Ti's 3 heads)."""
-    if num_heads < 1:
-        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
-    return (num_heads // 2) / num_heads
 
 
 def prefix_elfatt(
@@ -205,13 +198,6 @@ class PrefixELFATTAttention(ELFATTAttention):
         return self.merge_heads(out)
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    if height < 1 or width < 1:
-        raise ValueError(f"a size must be positive, got {size!r}")
-    return height, width
-
-
 def resample_abs_pos_embed(
     pos_embed: Tensor,
     new_size: tuple[int, int],
@@ -247,8 +233,8 @@ class PatchEmbed(nn.Module):
     def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
         self.in_chans = in_chans
-        self.patch_size = _pair(patch_size)
-        self.img_size = _pair(img_size)
+        self.patch_size = pair(patch_size, "patch_size")
+        self.img_size = pair(img_size, "img_size")
         self.grid_size = self.dynamic_feat_size(self.img_size)
         self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, self.patch_size)
 
@@ -365,7 +351,7 @@ class VisionTransformerELFATT(nn.Module):
             num_blocks: the paper's fixed number of blocks ``(nh, nw)`` of the softmax heads (an int ``n`` for
                 ``(n, n)``); ``(2, 2)`` when neither this nor ``block_size`` is given.
             block_size: instead, a fixed block ``(bh, bw)``: costs then linear in the tokens.
-            split: fraction of global linear heads; None for half, rounded down (see :func:`default_split`).
+            split: fraction of global linear heads; None for half, rounded down (:func:`~elfatt.functional.half_split`).
             mlp_ratio: MLP hidden width over the channels.
             qkv_bias: bias in the qkv projections.
             qk_norm: normalise queries and keys per head.
@@ -394,7 +380,7 @@ class VisionTransformerELFATT(nn.Module):
             raise ValueError("give at most one of num_blocks (a block count) and block_size (a fixed block size)")
         if num_blocks is None and block_size is None:
             num_blocks = DEFAULT_NUM_BLOCKS
-        split = default_split(num_heads) if split is None else split
+        split = half_split(num_heads) if split is None else split
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
@@ -447,7 +433,7 @@ class VisionTransformerELFATT(nn.Module):
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
-        self.apply(_init_linear)
+        self.apply(init_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -483,7 +469,7 @@ class VisionTransformerELFATT(nn.Module):
         factory = dict(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
         self.head = nn.Linear(self.num_features, num_classes, **factory) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
-            _init_linear(self.head)
+            init_weights(self.head)
 
     def set_input_size(
         self,
@@ -500,7 +486,7 @@ class VisionTransformerELFATT(nn.Module):
         """
         if img_size is not None:
             old_grid = self.patch_embed.grid_size
-            self.patch_embed.img_size = self.img_size = _pair(img_size)
+            self.patch_embed.img_size = self.img_size = pair(img_size, "img_size")
             self.patch_embed.grid_size = self.patch_embed.dynamic_feat_size(self.img_size)
             with torch.no_grad():
                 pos_embed = resample_abs_pos_embed(
@@ -625,13 +611,6 @@ class VisionTransformerELFATT(nn.Module):
         return take_indices
 
 
-def _init_linear(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # patch_timm_vit: ELFATT into an existing timm VisionTransformer.
 
@@ -662,7 +641,7 @@ def _feat_size(patch_embed: nn.Module, img_size: tuple[int, int]) -> tuple[int, 
     if hasattr(patch_embed, "dynamic_feat_size"):
         height, width = patch_embed.dynamic_feat_size(img_size)
         return int(height), int(width)
-    ph, pw = _pair(patch_embed.patch_size)
+    ph, pw = pair(patch_embed.patch_size, "patch_size")
     if getattr(patch_embed, "dynamic_img_pad", False):
         return math.ceil(img_size[0] / ph), math.ceil(img_size[1] / pw)
     return img_size[0] // ph, img_size[1] // pw
@@ -735,7 +714,7 @@ def _patched_attention(
         dim,
         num_heads,
         token_grid=token_grid,
-        split=default_split(num_heads) if split is None else split,
+        split=half_split(num_heads) if split is None else split,
         attn_drop=getattr(attn_drop, "p", 0.0),
         proj_drop=getattr(proj_drop, "p", 0.0),
         fused_attn=getattr(attn, "fused_attn", True),

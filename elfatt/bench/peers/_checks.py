@@ -10,7 +10,7 @@ from torch import Tensor
 
 from elfatt._checks import check_size
 
-__all__ = ["check_heads", "check_tokens", "pair", "window_partition", "window_reverse"]
+__all__ = ["check_heads", "check_tokens", "window_partition", "window_reverse"]
 
 
 def check_heads(dim: int, num_heads: int) -> int:
@@ -37,14 +37,6 @@ def check_tokens(x: Tensor, size: tuple[int, int], dim: int) -> tuple[int, int, 
     if height * width != x.shape[1]:
         raise ValueError(f"grid size {height}x{width}={height * width} does not match the {x.shape[1]} tokens of x")
     return x.shape[0], height, width
-
-
-def pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    """Return ``value`` as a ``(height, width)`` pair of positive ints."""
-    height, width = (value, value) if isinstance(value, int) else tuple(value)
-    if height < 1 or width < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return int(height), int(width)
 
 
 def window_partition(x: Tensor, window: tuple[int, int]) -> Tensor:

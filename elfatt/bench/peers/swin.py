@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from elfatt._checks import pair
 from elfatt.bench.peers._base import QKVAttention
-from elfatt.bench.peers._checks import check_tokens, pair, window_partition, window_reverse
+from elfatt.bench.peers._checks import check_tokens, window_partition, window_reverse
 
 __all__ = ["SwinWindowAttention", "relative_position_index"]
 
