@@ -30,7 +30,7 @@ Where it departs from snakes2.py:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
     "PathfinderParams",
     "PathfinderSample",
     "generate_pathfinder",
+    "params_for",
     "sample_pathfinder",
 ]
 
@@ -106,6 +107,25 @@ PRESETS = {
         num_distractors=8, dash_length=5.0, gap=4.0, thickness=2, continuity=1.8, seed_distance=20.0, marker_radius=3.0
     ),
 }
+
+
+def params_for(size: int, contour_length: int = 14) -> PathfinderParams:
+    """LRA's preset for ``size`` with target paths of ``contour_length`` dashes (Linsley et al.'s difficulties are
+    6, 9 and 14; LRA uses 14). As in snakes2.py, distractors are ``contour_length // 3`` dashes long and as many as
+    keep the preset's total of distractor dashes."""
+    preset = _resolve(size, None)
+    if contour_length < 1:
+        raise ValueError(f"contour_length must be at least 1, got {contour_length}")
+    if contour_length == preset.contour_length:
+        return preset
+    distractor_length = max(1, contour_length // 3)
+    total = preset.num_distractors * preset.distractor_length
+    return replace(
+        preset,
+        contour_length=contour_length,
+        distractor_length=distractor_length,
+        num_distractors=max(1, round(total / distractor_length)),
+    )
 
 
 class PathfinderSample(NamedTuple):

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "val_samples",
         "image_size",
         "max_length",
+        "path_length",
         "workers",
         "seed",
     ):

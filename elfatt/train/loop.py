@@ -53,6 +53,7 @@ class TrainConfig:
     val_samples: int = 1000
     image_size: int = 224
     max_length: int = 500
+    path_length: int = 14
     workers: int = 0
     out: Path = Path("train-results/run")
     resume: Path | None = None
@@ -175,6 +176,7 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
         val_samples=config.val_samples,
         image_size=config.image_size,
         max_length=config.max_length,
+        path_length=config.path_length,
     )
     model = build_model(
         config.model, task, dim=config.dim, depth=config.depth, heads=config.heads, patch=config.patch

@@ -28,17 +28,27 @@ class Task:
     seq_len: int = 0
 
 
-def _pathfinder(size: int, train_samples: int, val_samples: int, seed: int) -> tuple[TensorDataset, TensorDataset]:
+def _pathfinder(
+    size: int, train_samples: int, val_samples: int, seed: int, path_length: int
+) -> tuple[TensorDataset, TensorDataset]:
     from elfatt.data.cache import cached
-    from elfatt.data.pathfinder import GENERATOR_VERSION, generate_pathfinder
+    from elfatt.data.pathfinder import GENERATOR_VERSION, generate_pathfinder, params_for
+
+    drawing = params_for(size, path_length)
 
     def split(samples: int, split_seed: int) -> TensorDataset:
-        params = dict(samples=samples, size=size, seed=split_seed, version=GENERATOR_VERSION)
+        key = dict(samples=samples, size=size, seed=split_seed, version=GENERATOR_VERSION)
+        if path_length != 14:
+            key["path_length"] = path_length
         data = cached(
             "pathfinder",
-            params,
+            key,
             lambda: dict(
-                zip(("images", "labels"), generate_pathfinder(samples, size=size, seed=split_seed), strict=True)
+                zip(
+                    ("images", "labels"),
+                    generate_pathfinder(samples, size=size, seed=split_seed, params=drawing),
+                    strict=True,
+                )
             ),
         )
         return TensorDataset(data["images"], data["labels"])
@@ -73,6 +83,7 @@ def build_task(
     val_samples: int = 1000,
     image_size: int = 224,
     max_length: int = 500,
+    path_length: int = 14,
 ) -> Task:
     """Build a task by name (see :data:`TASKS`).
 
@@ -84,6 +95,7 @@ def build_task(
         train_samples, val_samples: sizes of the generated tasks.
         image_size: side the folder task resizes images to.
         max_length: ListOps sequence length (padded).
+        path_length: dashes per Pathfinder target path: LRA's 14, or Linsley et al.'s easier 6 and 9.
     """
     if name == "digits":
         from elfatt.data.images import digits
@@ -91,7 +103,7 @@ def build_task(
         return Task(name, digits("train", seed=seed), digits("val", seed=seed), 10, "image", channels=1, image_size=8)
     if name.startswith("pathfinder") and name.removeprefix("pathfinder") in ("32", "64", "128"):
         size = int(name.removeprefix("pathfinder"))
-        train, val = _pathfinder(size, train_samples, val_samples, seed)
+        train, val = _pathfinder(size, train_samples, val_samples, seed, path_length)
         return Task(name, train, val, 2, "image", channels=1, image_size=size)
     if name == "listops":
         from elfatt.data.listops import VOCAB_SIZE

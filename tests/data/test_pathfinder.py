@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from elfatt.data.pathfinder import PRESETS, PathfinderParams, generate_pathfinder, sample_pathfinder
+from elfatt.data.pathfinder import PRESETS, PathfinderParams, generate_pathfinder, params_for, sample_pathfinder
 
 
 def connected(image: np.ndarray, dots: np.ndarray, radius: float, reach: int) -> bool:
@@ -82,6 +82,22 @@ def test_gaps_are_visible_at_32() -> None:
         for sample in (sample_pathfinder(np.random.default_rng(i), label=1) for i in range(10))
     ]
     assert sum(linked) <= 2
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize("length", [6, 9])
+def test_easier_difficulties_keep_the_distractor_ink(size: int, length: int) -> None:
+    preset, params = PRESETS[size], params_for(size, length)
+    assert params.contour_length == length and params.distractor_length == length // 3
+    ink = params.num_distractors * params.distractor_length - preset.num_distractors * preset.distractor_length
+    assert abs(ink) <= params.distractor_length / 2
+    assert params.dash_length == preset.dash_length and params.gap == preset.gap
+    assert params_for(size) == preset
+    images, labels = generate_pathfinder(4, size=size, seed=3, params=params)
+    longer, _ = generate_pathfinder(4, size=size, seed=3)
+    assert labels.sum().item() == 2 and not torch.equal(images, longer)
+    with pytest.raises(ValueError, match="contour_length"):
+        params_for(size, 0)
 
 
 def test_custom_params_and_errors() -> None:

@@ -122,6 +122,18 @@ def test_lra_tasks_train_a_step(task, tmp_path, monkeypatch):
     assert any((tmp_path / "cache").iterdir())
 
 
+def test_pathfinder_path_length_is_its_own_cached_set(tmp_path, monkeypatch):
+    from elfatt.train.tasks import build_task
+
+    monkeypatch.setenv("ELFATT_DATA_DIR", str(tmp_path))
+    lra = build_task("pathfinder32", train_samples=4, val_samples=2)
+    easy = build_task("pathfinder32", train_samples=4, val_samples=2, path_length=6)
+    assert len(list(tmp_path.iterdir())) == 4
+    assert not torch.equal(lra.train.tensors[0], easy.train.tensors[0])
+    again = build_task("pathfinder32", train_samples=4, val_samples=2, path_length=6)
+    assert torch.equal(again.train.tensors[0], easy.train.tensors[0])
+
+
 def test_missing_optional_dependency_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     assert main(["--task", "digits", "--out", str(tmp_path), "--no-progress"]) == 2
