@@ -13,6 +13,7 @@ __all__ = ["add_arguments", "run", "main"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The training options; defaults come from :class:`elfatt.train.loop.TrainConfig`."""
     from elfatt.train.loop import TrainConfig
+    from elfatt.train.model import POOLS
     from elfatt.train.tasks import TASKS
 
     defaults = TrainConfig()
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "weight_decay", "warmup_epochs", "label_smoothing"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--pool", choices=POOLS, default=defaults.pool, help="token pooling before the head")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CPU, fp16 with loss scaling on CUDA")
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--out", type=Path, default=defaults.out, help="checkpoints, log.csv and curves.png")

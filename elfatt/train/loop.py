@@ -49,6 +49,7 @@ class TrainConfig:
     depth: int = 2
     heads: int = 4
     patch: int = 1
+    pool: str = "mean"
     train_samples: int = 4000
     val_samples: int = 1000
     image_size: int = 224
@@ -179,7 +180,13 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
         path_length=config.path_length,
     )
     model = build_model(
-        config.model, task, dim=config.dim, depth=config.depth, heads=config.heads, patch=config.patch
+        config.model,
+        task,
+        dim=config.dim,
+        depth=config.depth,
+        heads=config.heads,
+        patch=config.patch,
+        pool=config.pool,
     ).to(setup.device)
     sampler = DistributedSampler(task.train, setup.world, setup.rank, shuffle=True, seed=config.seed)
     train_loader = DataLoader(task.train, config.batch_size, sampler=sampler, num_workers=config.workers)

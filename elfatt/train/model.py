@@ -8,17 +8,30 @@ from torch import Tensor, nn
 from elfatt.bench.models import Block
 from elfatt.train.tasks import Task
 
-__all__ = ["SmallTransformer", "build_model"]
+__all__ = ["POOLS", "SmallTransformer", "build_model"]
+
+POOLS = ("mean", "max")
 
 
 class SmallTransformer(nn.Module):
     """Tokens on a grid (image patches, or a ``(1, L)`` row of token ids), learned position embedding, pre-norm
-    blocks with the chosen attention mechanism, mean pooling, a linear head."""
+    blocks with the chosen attention mechanism, mean or max pooling over tokens, a linear head."""
 
     def __init__(
-        self, task: Task, mechanism: str, *, dim: int = 64, depth: int = 2, heads: int = 4, patch: int = 1
+        self,
+        task: Task,
+        mechanism: str,
+        *,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        patch: int = 1,
+        pool: str = "mean",
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; choose from {', '.join(POOLS)}")
+        self.pool = pool
         if task.kind == "image":
             if task.image_size % patch:
                 raise ValueError(f"image size {task.image_size} is not a multiple of the patch {patch}")
@@ -39,16 +52,20 @@ class SmallTransformer(nn.Module):
         x = x + self.pos_embed
         for block in self.blocks:
             x = block(x, self.grid)
-        return self.head(self.norm(x).mean(dim=1))
+        x = self.norm(x)
+        return self.head(x.mean(dim=1) if self.pool == "mean" else x.amax(dim=1))
 
 
-def build_model(name: str, task: Task, *, dim: int, depth: int, heads: int, patch: int) -> nn.Module:
+def build_model(
+    name: str, task: Task, *, dim: int, depth: int, heads: int, patch: int, pool: str = "mean"
+) -> nn.Module:
     """A registered backbone (``swin_elfatt_tiny_224``, ...) for image tasks, or the small transformer with the
-    attention mechanism ``name`` (``vanilla``, ``elfatt``, ``elfatt-window``, ``elfatt-linear``, ``efficient``, ...)."""
+    attention mechanism ``name`` (``vanilla``, ``elfatt``, ``elfatt-window``, ``elfatt-linear``, ``efficient``, ...);
+    ``dim``, ``depth``, ``heads``, ``patch`` and ``pool`` shape the small transformer only."""
     from elfatt.bench.mechanisms import MECHANISMS
 
     if name in MECHANISMS:
-        return SmallTransformer(task, name, dim=dim, depth=depth, heads=heads, patch=patch)
+        return SmallTransformer(task, name, dim=dim, depth=depth, heads=heads, patch=patch, pool=pool)
     from elfatt.models import create_model, is_model
 
     if not is_model(name):

@@ -13,6 +13,8 @@ import torch
 
 from elfatt.train import TrainConfig, train
 from elfatt.train.cli import main
+from elfatt.train.experiments import MECHANISMS as DEFAULT_MECHANISMS
+from elfatt.train.experiments import PRESETS
 
 TINY = dict(epochs=1, batch_size=32, dim=16, depth=1, heads=2, progress=False)
 
@@ -91,12 +93,50 @@ def test_backbone_model_on_images(tmp_path):
         (["--model", "resnet"], "unknown model 'resnet'"),
         (["--resume", "/nonexistent/last.pt"], "no checkpoint"),
         (["--task", "folder:/nonexistent"], "does not exist"),
+        (["--task", "pathfinder32", "--path-length", "0"], "contour_length must be at least 1"),
     ],
 )
 def test_bad_options_are_one_line(argv, message, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and message in error[0]
+
+
+def test_unknown_pool_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--pool", "avg"])
+    assert exit_info.value.code == 2 and "invalid choice: 'avg'" in capsys.readouterr().err
+    from elfatt.train.model import SmallTransformer
+    from elfatt.train.tasks import build_task
+
+    with pytest.raises(ValueError, match="unknown pool 'avg'"):
+        SmallTransformer(build_task("digits"), "elfatt", pool="avg")
+
+
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_pooling_feeds_the_head_the_token_mean_or_max(pool):
+    from elfatt.train.model import SmallTransformer
+    from elfatt.train.tasks import build_task
+
+    task = build_task("digits")
+    torch.manual_seed(0)
+    model = SmallTransformer(task, "elfatt", dim=16, depth=1, heads=2, pool=pool).eval()
+    tokens = {}
+    model.norm.register_forward_hook(lambda module, inputs, output: tokens.setdefault("out", output))
+    images = torch.randn(3, 1, 8, 8)
+    logits = model(images)
+    pooled = tokens["out"].mean(dim=1) if pool == "mean" else tokens["out"].max(dim=1).values
+    torch.testing.assert_close(logits, model.head(pooled), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_experiment_preset_is_a_valid_config(name):
+    from elfatt.bench.mechanisms import MECHANISMS
+
+    options = {key: value for key, value in PRESETS[name].items() if key != "mechanisms"}
+    config = TrainConfig(**options)
+    assert config.task in ("digits", "pathfinder32", "listops")
+    assert set(PRESETS[name].get("mechanisms", DEFAULT_MECHANISMS)) <= set(MECHANISMS)
 
 
 def test_experiments_write_a_summary(tmp_path):
