@@ -3,7 +3,9 @@
 ``python -m elfatt.train.experiments --task digits`` trains (a) global softmax attention, (b) ELFATT,
 (c) ELFATT's blockified part alone, (d) its global linear part alone and (e) Efficient Attention, each with the
 same layers and options and the seeds given, then writes ``runs.csv`` and ``summary.md`` (mean and spread of the
-final validation accuracy, seconds per epoch, peak memory) and ``accuracy.png`` under ``--out``.
+final validation accuracy, seconds per epoch, peak memory) and ``accuracy.png`` under ``--out``. Runs that an
+earlier invocation finished in the same folder with the same settings stay in the summary, so seeds can be added
+one command at a time.
 
 Global softmax attention is ``vanilla`` (plain matmuls) on digits and ``sdpa`` (the same attention through
 PyTorch's fused kernel, 3x faster on this CPU) where the budget is tight.
@@ -12,11 +14,14 @@ PyTorch's fused kernel, 3x faster on this CPU) where the budget is tight.
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import torch
 
 from elfatt._csv import write_rows
 from elfatt.train.loop import TrainConfig, train
@@ -58,12 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset = dict(PRESETS[args.task], **({"epochs": args.epochs} if args.epochs else {}))
     mechanisms = args.mechanisms or preset.get("mechanisms", MECHANISMS)
     base = TrainConfig(progress=False, **{key: value for key, value in preset.items() if key != "mechanisms"})
-    rows = []
+    rows = _earlier_rows(out, base, {(mechanism, seed) for mechanism in mechanisms for seed in args.seeds})
     for mechanism in mechanisms:
         for seed in args.seeds:
-            run_dir = out / f"{mechanism}-seed{seed}"
             start = time.perf_counter()
-            history = train(replace(base, model=mechanism, seed=seed, out=run_dir))
+            history = train(_run_config(base, out, mechanism, seed))
             wall = time.perf_counter() - start
             final = history[-1]
             rows.append(
@@ -78,12 +82,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             print(f"{mechanism} seed {seed}: val acc {final['val_acc']:.4f} in {wall:.0f}s", flush=True)
-            _write_summary(rows, out, args.task, preset, args.seeds)
+            _write_summary(rows, out, args.task, preset)
     return 0
 
 
-def _write_summary(rows: list[dict], out: Path, task: str, preset: dict, seeds: list[int]) -> None:
+def _run_config(base: TrainConfig, out: Path, mechanism: str, seed: int) -> TrainConfig:
+    return replace(base, model=mechanism, seed=seed, out=out / f"{mechanism}-seed{seed}")
+
+
+def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> list[dict]:
+    """Rows of ``out/runs.csv`` whose run is not about to be redone and whose last checkpoint holds all epochs of
+    exactly this experiment's settings; anything else there is dropped."""
+    path = out / "runs.csv"
+    if not path.is_file():
+        return []
+    kept = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            mechanism, seed = row["mechanism"], int(row["seed"])
+            checkpoint = out / f"{mechanism}-seed{seed}" / "last.pt"
+            if (mechanism, seed) in rerun or not checkpoint.is_file():
+                continue
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            expected = _run_config(base, out, mechanism, seed)
+            if _settings(state["config"]) != _settings(asdict(expected)) or state["epoch"] + 1 != expected.epochs:
+                continue
+            kept.append({key: value if key == "mechanism" else float(value) for key, value in row.items()})
+            kept[-1]["seed"] = seed
+    return kept
+
+
+def _settings(config: dict) -> dict:
+    """What a run's results depend on: its config less where it was written and whether it showed progress."""
+    return {key: value for key, value in config.items() if key not in ("out", "resume", "progress")}
+
+
+def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None:
     write_rows(rows, out / "runs.csv")
+    seeds = sorted({row["seed"] for row in rows})
     command = f"python -m elfatt.train.experiments --task {task} --seeds {' '.join(map(str, seeds))}"
     lines = [
         f"`{command}` ({', '.join(f'{key}={value}' for key, value in preset.items() if key != 'mechanisms')})",
@@ -113,7 +149,7 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict, seeds: 
     names = [name for name, _, _ in summary]
     ax.bar(names, [100 * mean for _, mean, _ in summary], yerr=[100 * std for _, _, std in summary], capsize=4)
     ax.set_ylabel("final validation accuracy (%)")
-    ax.set_title(f"{task}: same model, different attention ({len(seeds)} seeds)")
+    ax.set_title(f"{task}: same model, different attention ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
     ax.grid(True, axis="y", alpha=0.3)
     figure.tight_layout()
     figure.savefig(out / "accuracy.png", dpi=100)

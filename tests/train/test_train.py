@@ -139,6 +139,25 @@ def test_every_experiment_preset_is_a_valid_config(name):
     assert set(PRESETS[name].get("mechanisms", DEFAULT_MECHANISMS)) <= set(MECHANISMS)
 
 
+def test_experiments_add_seeds_to_earlier_runs_of_the_same_settings(tmp_path):
+    from elfatt.train.experiments import main as experiments
+
+    def seeds_in_summary() -> list[tuple[str, str]]:
+        with (tmp_path / "runs.csv").open() as handle:
+            return [(row["mechanism"], row["seed"]) for row in csv.DictReader(handle)]
+
+    argv = ["--task", "digits", "--mechanisms", "elfatt", "--epochs", "1", "--out", str(tmp_path)]
+    assert experiments([*argv, "--seeds", "0"]) == 0
+    assert experiments([*argv, "--seeds", "1"]) == 0
+    assert seeds_in_summary() == [("elfatt", "0"), ("elfatt", "1")]
+    assert "--seeds 0 1`" in (tmp_path / "summary.md").read_text()
+    assert experiments([*argv, "--seeds", "1"]) == 0
+    assert seeds_in_summary() == [("elfatt", "0"), ("elfatt", "1")]
+    # Other settings: the earlier runs are not comparable and leave the summary.
+    assert experiments([*argv[:4], "--epochs", "2", "--out", str(tmp_path), "--seeds", "2"]) == 0
+    assert seeds_in_summary() == [("elfatt", "2")]
+
+
 def test_experiments_write_a_summary(tmp_path):
     from elfatt.train.experiments import main as experiments
 
