@@ -58,11 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--out", type=Path, default=None, help="default results/train-<task>")
+    parser.add_argument("--summarize", action="store_true", help="rewrite the summary of the finished runs, train none")
     args = parser.parse_args(argv)
     out = args.out or Path("results") / f"train-{args.task}"
     preset = dict(PRESETS[args.task], **({"epochs": args.epochs} if args.epochs else {}))
     mechanisms = args.mechanisms or preset.get("mechanisms", MECHANISMS)
     base = TrainConfig(progress=False, **{key: value for key, value in preset.items() if key != "mechanisms"})
+    if args.summarize:
+        rows = _earlier_rows(out, base, set())
+        if not rows:
+            parser.error(f"no finished runs of the {args.task} settings in {out}")
+        _write_summary(rows, out, args.task, preset)
+        return 0
     rows = _earlier_rows(out, base, {(mechanism, seed) for mechanism in mechanisms for seed in args.seeds})
     for mechanism in mechanisms:
         for seed in args.seeds:
@@ -105,7 +112,9 @@ def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> 
                 continue
             state = torch.load(checkpoint, map_location="cpu", weights_only=False)
             expected = _run_config(base, out, mechanism, seed)
-            if _settings(state["config"]) != _settings(asdict(expected)) or state["epoch"] + 1 != expected.epochs:
+            # Options added since the run was saved have defaults that keep the old behaviour; removed ones were unused.
+            saved = {key: state["config"].get(key, default) for key, default in asdict(TrainConfig()).items()}
+            if _settings(saved) != _settings(asdict(expected)) or state["epoch"] + 1 != expected.epochs:
                 continue
             kept.append({key: value if key == "mechanism" else float(value) for key, value in row.items()})
             kept[-1]["seed"] = seed
@@ -124,33 +133,52 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
     lines = [
         f"`{command}` ({', '.join(f'{key}={value}' for key, value in preset.items() if key != 'mechanisms')})",
         "",
-        "| mechanism | final val acc (mean ± std over seeds) | s / epoch | peak MiB | runs |",
-        "|---|---|---|---|---|",
+        "| mechanism | final val acc (mean ± std over seeds) | per seed | s / epoch | peak MiB | runs |",
+        "|---|---|---|---|---|---|",
     ]
     summary = []
     for mechanism in dict.fromkeys(row["mechanism"] for row in rows):
-        runs = [row for row in rows if row["mechanism"] == mechanism]
+        runs = sorted((row for row in rows if row["mechanism"] == mechanism), key=lambda row: row["seed"])
         accuracies = [row["val_acc"] for row in runs]
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
         seconds = statistics.median(row["seconds_per_epoch"] for row in runs)
         memory = max(row["peak_mib"] for row in runs)
         summary.append((mechanism, statistics.mean(accuracies), spread))
+        per_seed = ", ".join(f"{100 * accuracy:.1f}" for accuracy in accuracies)
         lines.append(
-            f"| {mechanism} | {100 * statistics.mean(accuracies):.1f} ± {100 * spread:.1f} | {seconds:.1f} | "
-            f"{memory:.0f} | {len(runs)} |"
+            f"| {mechanism} | {100 * statistics.mean(accuracies):.1f} ± {100 * spread:.1f} | {per_seed} | "
+            f"{seconds:.1f} | {memory:.0f} | {len(runs)} |"
         )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, summary, out, f"{task}: same model, different attention ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+
+
+def _plot(rows: list[dict], summary: list[tuple[str, float, float]], out: Path, title: str) -> None:
+    """``accuracy.png``: final accuracy per mechanism (mean and spread), and every run's validation curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, ax = plt.subplots(figsize=(7, 4))
+    figure, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.5))
     names = [name for name, _, _ in summary]
-    ax.bar(names, [100 * mean for _, mean, _ in summary], yerr=[100 * std for _, _, std in summary], capsize=4)
-    ax.set_ylabel("final validation accuracy (%)")
-    ax.set_title(f"{task}: same model, different attention ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
-    ax.grid(True, axis="y", alpha=0.3)
+    colours = {name: f"C{index}" for index, name in enumerate(names)}
+    bars.bar(names, [100 * mean for _, mean, _ in summary], yerr=[100 * std for _, _, std in summary], capsize=4,
+             color=[colours[name] for name in names])  # fmt: skip
+    bars.set_ylabel("final validation accuracy (%)")
+    bars.grid(True, axis="y", alpha=0.3)
+    for row in rows:
+        log = out / f"{row['mechanism']}-seed{row['seed']}" / "log.csv"
+        with log.open(newline="") as handle:
+            history = list(csv.DictReader(handle))
+        label = row["mechanism"] if row is next(r for r in rows if r["mechanism"] == row["mechanism"]) else None
+        curves.plot([int(epoch["epoch"]) for epoch in history], [100 * float(epoch["val_acc"]) for epoch in history],
+                    color=colours[row["mechanism"]], marker=".", alpha=0.8, label=label)  # fmt: skip
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation accuracy (%)")
+    curves.grid(True, alpha=0.3)
+    curves.legend()
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(out / "accuracy.png", dpi=100)
     plt.close(figure)

@@ -150,12 +150,21 @@ def test_experiments_add_seeds_to_earlier_runs_of_the_same_settings(tmp_path):
     assert experiments([*argv, "--seeds", "0"]) == 0
     assert experiments([*argv, "--seeds", "1"]) == 0
     assert seeds_in_summary() == [("elfatt", "0"), ("elfatt", "1")]
-    assert "--seeds 0 1`" in (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "--seeds 0 1`" in summary
+    (elfatt_line,) = [line for line in summary.splitlines() if line.startswith("| elfatt |")]
+    assert elfatt_line.split(" | ")[2].count(",") == 1 and elfatt_line.endswith("| 2 |")
     assert experiments([*argv, "--seeds", "1"]) == 0
     assert seeds_in_summary() == [("elfatt", "0"), ("elfatt", "1")]
+    summary = (tmp_path / "summary.md").read_text()
+    (tmp_path / "summary.md").unlink()
+    assert experiments([*argv, "--summarize"]) == 0
+    assert (tmp_path / "summary.md").read_text() == summary
     # Other settings: the earlier runs are not comparable and leave the summary.
     assert experiments([*argv[:4], "--epochs", "2", "--out", str(tmp_path), "--seeds", "2"]) == 0
     assert seeds_in_summary() == [("elfatt", "2")]
+    with pytest.raises(SystemExit):
+        experiments([*argv[:4], "--epochs", "3", "--out", str(tmp_path), "--summarize"])
 
 
 def test_experiments_write_a_summary(tmp_path):
