@@ -93,8 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _run_dir(out: Path, mechanism: str, seed: int | float) -> Path:
+    return out / f"{mechanism}-seed{int(seed)}"
+
+
 def _run_config(base: TrainConfig, out: Path, mechanism: str, seed: int) -> TrainConfig:
-    return replace(base, model=mechanism, seed=seed, out=out / f"{mechanism}-seed{seed}")
+    return replace(base, model=mechanism, seed=seed, out=_run_dir(out, mechanism, seed))
 
 
 def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> list[dict]:
@@ -107,7 +111,7 @@ def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> 
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             mechanism, seed = row["mechanism"], int(row["seed"])
-            checkpoint = out / f"{mechanism}-seed{seed}" / "last.pt"
+            checkpoint = _run_dir(out, mechanism, seed) / "last.pt"
             if (mechanism, seed) in rerun or not checkpoint.is_file():
                 continue
             state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -116,8 +120,8 @@ def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> 
             saved = {key: state["config"].get(key, default) for key, default in asdict(TrainConfig()).items()}
             if _settings(saved) != _settings(asdict(expected)) or state["epoch"] + 1 != expected.epochs:
                 continue
-            kept.append({key: value if key == "mechanism" else float(value) for key, value in row.items()})
-            kept[-1]["seed"] = seed
+            numbers = {key: float(value) for key, value in row.items() if key not in ("mechanism", "seed")}
+            kept.append(dict(mechanism=mechanism, seed=seed, **numbers))
     return kept
 
 
@@ -167,11 +171,12 @@ def _plot(rows: list[dict], summary: list[tuple[str, float, float]], out: Path, 
              color=[colours[name] for name in names])  # fmt: skip
     bars.set_ylabel("final validation accuracy (%)")
     bars.grid(True, axis="y", alpha=0.3)
+    labelled = set()
     for row in rows:
-        log = out / f"{row['mechanism']}-seed{row['seed']}" / "log.csv"
-        with log.open(newline="") as handle:
+        with (_run_dir(out, row["mechanism"], row["seed"]) / "log.csv").open(newline="") as handle:
             history = list(csv.DictReader(handle))
-        label = row["mechanism"] if row is next(r for r in rows if r["mechanism"] == row["mechanism"]) else None
+        label = None if row["mechanism"] in labelled else row["mechanism"]
+        labelled.add(row["mechanism"])
         curves.plot([int(epoch["epoch"]) for epoch in history], [100 * float(epoch["val_acc"]) for epoch in history],
                     color=colours[row["mechanism"]], marker=".", alpha=0.8, label=label)  # fmt: skip
     curves.set_xlabel("epoch")
