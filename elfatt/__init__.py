@@ -14,6 +14,7 @@ from elfatt.functional import (
     softmax_attention,
 )
 from elfatt.modules import DEFAULT_BLOCK, ELFATTAttention, LePE
+from elfatt._timm_registration import register_when_timm_imports
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,9 @@ __all__ = [
     "softmax_attention",
     "unblockify",
 ]
+
+
+register_when_timm_imports()
 
 
 def __getattr__(name: str) -> Any:

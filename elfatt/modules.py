@@ -1,7 +1,13 @@
-"""nn.Modules over :mod:`elfatt.functional`: LePE and ``ELFATTAttention``, a drop-in for timm's ViT ``Attention``."""
+"""nn.Modules over :mod:`elfatt.functional`: LePE and ``ELFATTAttention``, a drop-in for timm's ViT ``Attention``.
 
-from __future__ import annotations
+TorchScript: the layers script (timm's ``torch.jit.script`` tests pass through them), but the attention itself is
+one ``torch.jit.ignore``-d call back into Python (:func:`attend_heads`), so a scripted model runs in Python and
+cannot be saved; deploy through ``torch.export`` or ONNX instead (:mod:`elfatt.export`).
+"""
 
+from typing import Optional
+
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -10,26 +16,40 @@ from elfatt.backends import BACKENDS
 from elfatt.blocks import BlockSpec, block_from_count, resolve_block
 from elfatt.functional import elfatt, global_head_count, lepe
 
-__all__ = ["LePE", "ELFATTAttention", "DEFAULT_BLOCK"]
+__all__ = ["LePE", "ELFATTAttention", "DEFAULT_BLOCK", "attend_heads"]
 
 DEFAULT_BLOCK = 8
+
+# A block spec normalised for TorchScript: ``(bh, bw)`` with None for a whole side.
+NormalisedBlock = tuple[Optional[int], Optional[int]]
 
 
 class LePE(nn.Module):
     """Locally-enhanced positional encoding (CSWin): a depthwise ``k x k`` conv of V on its token grid."""
 
-    def __init__(self, channels: int, kernel_size: int = 3) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         """
         Args:
             channels: ``heads * d`` of the values it convolves.
             kernel_size: odd side of the depthwise kernel.
+            device, dtype: where and how the conv's parameters are made.
         """
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"LePE kernel_size must be odd and >= 1, got {kernel_size}")
-        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.conv = nn.Conv2d(
+            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, device=device, dtype=dtype
+        )
 
-    def forward(self, v: Tensor, size: tuple[int, int], block: BlockSpec | None = None) -> Tensor:
+    @torch.jit.ignore
+    def forward(self, v: Tensor, size: tuple[int, int], block: Optional[NormalisedBlock] = None) -> Tensor:
         """LePE of ``v`` ``[B, heads, N, d]`` on the grid ``size``, per block when ``block`` is given."""
         return lepe(v, size, self.conv.weight, self.conv.bias, block=block)
 
@@ -43,10 +63,11 @@ class ELFATTAttention(nn.Module):
 
     The block is either a fixed size (``block``, linear cost in tokens) or a fixed count (``num_blocks``,
     the paper's ``b`` blocks whose size grows with the grid); give at most one. Neither gives
-    ``block=DEFAULT_BLOCK`` (8 x 8 windows).
+    ``block=DEFAULT_BLOCK`` (8 x 8 windows). Both attributes can be set later (the backbones'
+    ``set_input_size`` does); they are kept as pairs, ``block=8`` as ``(8, 8)``.
     """
 
-    fused_attn: bool
+    __jit_unused_properties__ = ["block", "num_blocks"]
 
     def __init__(
         self,
@@ -62,6 +83,8 @@ class ELFATTAttention(nn.Module):
         lepe_kernel: int = 3,
         fused_attn: bool = True,
         backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -77,48 +100,89 @@ class ELFATTAttention(nn.Module):
             fused_attn: block heads through ``F.scaled_dot_product_attention`` when True, plain matmuls when False.
             backend: kernels of the global heads: ``"torch"``, ``"triton"``, or ``"auto"`` (Triton on CUDA when
                 installed).
+            device, dtype: where and how the parameters are made (timm's ``create_model(device=, dtype=)``).
         """
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         if block is not None and num_blocks is not None:
             raise ValueError("give either block (a fixed block size) or num_blocks (a fixed block count), not both")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        self._block: Optional[NormalisedBlock] = None
+        self._num_blocks: Optional[tuple[int, int]] = None
         if num_blocks is not None:
-            block_from_count((1, 1), num_blocks)
+            self.num_blocks = num_blocks
         else:
-            block = DEFAULT_BLOCK if block is None else block
-            resolve_block((1, 1), block)
+            self.block = DEFAULT_BLOCK if block is None else block
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.block, self.num_blocks, self.split = block, num_blocks, split
+        self.split = split
         self.num_global_heads = global_head_count(num_heads, split)
         self.attn_drop = attn_drop
         self.fused_attn = fused_attn
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
         self.backend = backend
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        factory = dict(device=device, dtype=dtype)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **factory)
         global_channels = self.num_global_heads * self.head_dim
-        self.global_lepe = LePE(global_channels, lepe_kernel) if global_channels else None
-        self.block_lepe = LePE(dim - global_channels, lepe_kernel) if dim - global_channels else None
-        self.proj = nn.Linear(dim, dim)
+        self.global_lepe = LePE(global_channels, lepe_kernel, **factory) if global_channels else None
+        self.block_lepe = LePE(dim - global_channels, lepe_kernel, **factory) if dim - global_channels else None
+        self.proj = nn.Linear(dim, dim, **factory)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    @property
+    def block(self) -> Optional[NormalisedBlock]:
+        """The fixed block ``(bh, bw)`` (None for a whole side), or None when the blocks are counted."""
+        return self._block
+
+    @block.setter
+    def block(self, block: BlockSpec | None) -> None:
+        if block is None:
+            self._block = None
+            return
+        resolve_block((1, 1), block)
+        self._block = (block, block) if isinstance(block, int) else (block[0], block[1])
+        self._num_blocks = None
+
+    @property
+    def num_blocks(self) -> Optional[tuple[int, int]]:
+        """The fixed block count ``(nh, nw)``, or None when the blocks have a fixed size."""
+        return self._num_blocks
+
+    @num_blocks.setter
+    def num_blocks(self, num_blocks: int | tuple[int, int] | None) -> None:
+        if num_blocks is None:
+            self._num_blocks = None
+            return
+        block_from_count((1, 1), num_blocks)
+        self._num_blocks = (num_blocks, num_blocks) if isinstance(num_blocks, int) else tuple(num_blocks)
+        self._block = None
+
+    @torch.jit.ignore
     def block_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The concrete ``(bh, bw)`` block this layer uses on the grid ``size``."""
-        if self.num_blocks is not None:
-            return block_from_count(size, self.num_blocks)
-        return resolve_block(size, self.block)
+        return concrete_block(size, self._block, self._num_blocks)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         """Attend ``x`` ``[B, N, C]`` laid out row-major on the grid ``size=(H, W)``; returns ``[B, N, C]``."""
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must be [B, N, C={self.dim}], got shape {tuple(x.shape)}")
-        height, width = check_size(size)
-        tokens = x.shape[1]
-        if height * width != tokens:
-            raise ValueError(f"grid size {height}x{width}={height * width} does not match the {tokens} tokens of x")
+        check_layer_input(x, size, self.dim, 0)
         q, k, v = self.project_heads(x)
-        out = elfatt(q, k, v, (height, width), **self.attention_options((height, width)))
+        global_weight, global_bias, block_weight, block_bias = self.lepe_parameters()
+        out = attend_heads(
+            q,
+            k,
+            v,
+            size,
+            self._block,
+            self._num_blocks,
+            self.num_global_heads,
+            global_weight,
+            global_bias,
+            block_weight,
+            block_bias,
+            self.attn_drop if self.training else 0.0,
+            self.fused_attn,
+            self.backend,
+        )
         return self.merge_heads(out)
 
     def project_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -129,17 +193,17 @@ class ELFATTAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         return q, k, v
 
-    def attention_options(self, size: tuple[int, int]) -> dict:
-        """The keyword arguments of :func:`~elfatt.functional.elfatt` this layer uses on the grid ``size``."""
-        return dict(
-            block=self.block_size(size),
-            split=self.split,
-            global_lepe=lepe_weights(self.global_lepe),
-            block_lepe=lepe_weights(self.block_lepe),
-            dropout_p=self.attn_drop if self.training else 0.0,
-            fused=self.fused_attn,
-            backend=self.backend,
-        )
+    def lepe_parameters(self) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        """Weight and bias of the global heads' LePE conv, then the block heads' (None where a group is empty)."""
+        global_weight: Optional[Tensor] = None
+        global_bias: Optional[Tensor] = None
+        block_weight: Optional[Tensor] = None
+        block_bias: Optional[Tensor] = None
+        if self.global_lepe is not None:
+            global_weight, global_bias = self.global_lepe.conv.weight, self.global_lepe.conv.bias
+        if self.block_lepe is not None:
+            block_weight, block_bias = self.block_lepe.conv.weight, self.block_lepe.conv.bias
+        return global_weight, global_bias, block_weight, block_bias
 
     def merge_heads(self, out: Tensor) -> Tensor:
         """``[B, heads, N, d]`` attention output to ``[B, N, C]`` through ``proj`` and its dropout."""
@@ -151,6 +215,67 @@ class ELFATTAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, global_heads={self.num_global_heads}, {blocks}"
 
 
-def lepe_weights(module: LePE | None) -> tuple[Tensor, Tensor | None] | None:
-    """``(weight, bias)`` of a LePE module for the functional ops, or None where there is none."""
-    return None if module is None else (module.conv.weight, module.conv.bias)
+def concrete_block(
+    size: tuple[int, int], block: Optional[NormalisedBlock], num_blocks: Optional[tuple[int, int]]
+) -> tuple[int, int]:
+    """The ``(bh, bw)`` block on the grid ``size`` of a fixed ``block`` or, when it is None, of ``num_blocks``."""
+    if num_blocks is not None:
+        return block_from_count(size, num_blocks)
+    return resolve_block(size, block)
+
+
+@torch.jit.ignore
+def check_layer_input(x: Tensor, size: tuple[int, int], dim: int, num_prefix_tokens: int) -> None:
+    """Check that ``x`` is ``[B, P + H * W, dim]`` for the grid ``size`` after ``P = num_prefix_tokens`` tokens."""
+    if x.dim() != 3 or x.shape[-1] != dim:
+        raise ValueError(f"x must be [B, N, C={dim}], got shape {tuple(x.shape)}")
+    height, width = check_size(size)
+    if num_prefix_tokens and num_prefix_tokens + height * width != x.shape[1]:
+        raise ValueError(
+            f"{num_prefix_tokens} prefix tokens and a {height}x{width} grid make "
+            f"{num_prefix_tokens + height * width} tokens, but x has {x.shape[1]}"
+        )
+    if height * width + num_prefix_tokens != x.shape[1]:
+        raise ValueError(f"grid size {height}x{width}={height * width} does not match the {x.shape[1]} tokens of x")
+
+
+@torch.jit.ignore
+def attend_heads(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    size: tuple[int, int],
+    block: Optional[NormalisedBlock],
+    num_blocks: Optional[tuple[int, int]],
+    num_global_heads: int,
+    global_weight: Optional[Tensor],
+    global_bias: Optional[Tensor],
+    block_weight: Optional[Tensor],
+    block_bias: Optional[Tensor],
+    dropout_p: float,
+    fused: bool,
+    backend: str,
+) -> Tensor:
+    """:func:`~elfatt.functional.elfatt` with a layer's settings as plain arguments, so scripted layers can call it.
+
+    Args:
+        q, k, v: ``[B, heads, H * W, d]``.
+        size: the grid ``(H, W)``.
+        block, num_blocks: the layer's fixed block or block count (see :func:`concrete_block`).
+        num_global_heads: how many of the heads, first, are global linear heads.
+        global_weight, global_bias, block_weight, block_bias: the two LePE convs (None for none).
+        dropout_p, fused, backend: as for :func:`~elfatt.functional.elfatt`.
+    """
+    return elfatt(
+        q,
+        k,
+        v,
+        size,
+        block=concrete_block(size, block, num_blocks),
+        split=num_global_heads / q.shape[1],
+        global_lepe=None if global_weight is None else (global_weight, global_bias),
+        block_lepe=None if block_weight is None else (block_weight, block_bias),
+        dropout_p=dropout_p,
+        fused=fused,
+        backend=backend,
+    )

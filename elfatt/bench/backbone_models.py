@@ -34,7 +34,7 @@ def check_backbones(names: tuple[str, ...]) -> None:
             if not timm_imports():
                 raise ValueError(f"backbone {name} needs timm, which does not import here")
         elif not is_model(name):
-            raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(list_models())} or timm:<name>")
+            raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(list_models('*elfatt*'))} or timm:<name>")
 
 
 def build_backbone(name: str, resolution: int) -> nn.Module:

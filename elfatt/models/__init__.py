@@ -1,20 +1,21 @@
-"""Backbones with ELFATT attention: CSWin-ELFATT, Swin-ELFATT and ViT-ELFATT, timm-style.
+"""Backbones with ELFATT attention: CSWin-ELFATT, Swin-ELFATT and ViT-ELFATT, built and registered with timm.
 
-``create_model("cswin_elfatt_tiny_224")`` and ``list_models("swin_*")`` work without timm; when timm imports,
-importing this package also registers every variant with timm, so ``timm.create_model`` builds them too.
-``patch_timm_vit`` swaps ELFATT into an existing timm ViT, keeping its pretrained weights.
+Importing this package (or just ``elfatt``, which does it when timm is imported) registers every variant with
+timm, so ``timm.create_model("cswin_elfatt_tiny_224")`` builds them; ``create_model`` / ``list_models`` here are
+timm's. ``patch_timm_vit`` swaps ELFATT into an existing timm ViT, keeping its pretrained weights.
 """
 
-from elfatt.models._builder import FeatureGetterNet, FeatureInfo
-from elfatt.models._registry import create_model, is_model, list_models, register_model, timm_available
+try:
+    from timm import create_model, is_model, list_models
+except ImportError as error:
+    raise ImportError(f"elfatt.models needs timm: pip install 'elfatt[models]' ({error})") from error
+
 from elfatt.models.cswin_elfatt import CSWinELFATT, checkpoint_filter_fn
 from elfatt.models.swin_elfatt import SwinELFATT
 from elfatt.models.vit_elfatt import PrefixELFATTAttention, VisionTransformerELFATT, patch_timm_vit
 
 __all__ = [
     "CSWinELFATT",
-    "FeatureGetterNet",
-    "FeatureInfo",
     "PrefixELFATTAttention",
     "SwinELFATT",
     "VisionTransformerELFATT",
@@ -23,6 +24,4 @@ __all__ = [
     "is_model",
     "list_models",
     "patch_timm_vit",
-    "register_model",
-    "timm_available",
 ]

@@ -33,8 +33,7 @@ MaxViT, ...) do; timm's Swin returns NHWC, but one convention serves both famili
 Licence: MIT.
 """
 
-from __future__ import annotations
-
+import functools
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,16 +41,24 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerNorm2d, Mlp, trunc_normal_
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_model,
+    register_notrace_function,
+    register_notrace_module,
+)
+from timm.models._features import feature_take_indices
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from elfatt._checks import pair
 from elfatt.blocks import BlockSpec, block_from_count, resolve_block
-from elfatt.models._builder import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_model, feature_take_indices
-from elfatt.models._registry import register_model
 from elfatt.modules import ELFATTAttention
 
-__all__ = ["CSWinELFATT", "ELFATTStage", "ELFATTBlock", "ConvMerge", "PatchEmbed", "Mlp", "checkpoint_filter_fn"]
+__all__ = ["CSWinELFATT", "ELFATTStage", "ELFATTBlock", "ConvMerge", "PatchEmbed", "checkpoint_filter_fn"]
 
 BlockCount = int | tuple[int, int]
 
@@ -59,14 +66,12 @@ BlockCount = int | tuple[int, int]
 # between it and (8, 4, 2, 1), the base models fit (4, 4, 4, 1) (see the variants).
 DEFAULT_NUM_BLOCKS = (8, 4, 4, 1)
 
+# FX feature extraction traces around the attention, whose block layout depends on the grid's sizes.
+register_notrace_module(ELFATTAttention)
 
-def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tensor:
-    """Stochastic depth: zero the residual branch of whole samples with probability ``drop_prob``, rescale the rest."""
-    if drop_prob == 0.0 or not training:
-        return x
-    keep_prob = 1.0 - drop_prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep_prob)
-    return x * mask.div_(keep_prob)
+# The stem's, the merges' and the final norm: LayerNorm over the channels of NCHW maps, with nn.LayerNorm's eps as
+# in the official CSWin code.
+map_norm = functools.partial(LayerNorm2d, eps=1e-5)
 
 
 def per_stage(value: Any, num_stages: int, what: str) -> list[Any]:
@@ -83,35 +88,12 @@ def _is_pair(value: Sequence[Any]) -> bool:
     return all(side is None or (isinstance(side, int) and not isinstance(side, bool)) for side in value)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth on a residual branch, per sample."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: Tensor) -> Tensor:
-        return drop_path(x, self.drop_prob, self.training)
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob:.3f}"
-
-
-class Mlp(nn.Module):
-    """The transformer MLP: linear, activation, dropout, linear, dropout."""
-
-    def __init__(
-        self, dim: int, hidden_dim: int, act_layer: Callable[[], nn.Module] = nn.GELU, drop: float = 0.0
-    ) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = act_layer()
-        self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop2 = nn.Dropout(drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+def stage_indices(num_features: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """timm's ``feature_take_indices``, with a ``ValueError`` (not an assert) for indices out of range."""
+    try:
+        return feature_take_indices(num_features, indices)
+    except AssertionError as error:
+        raise ValueError(f"indices {indices!r}: {error}") from None
 
 
 class ELFATTBlock(nn.Module):
@@ -132,8 +114,10 @@ class ELFATTBlock(nn.Module):
         drop_path: float = 0.0,
         lepe_kernel: int = 3,
         fused_attn: bool = True,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
         act_layer: Callable[[], nn.Module] = nn.GELU,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -151,9 +135,11 @@ class ELFATTBlock(nn.Module):
             fused_attn: block heads through ``F.scaled_dot_product_attention``.
             norm_layer: normalisation over channels.
             act_layer: MLP activation.
+            device, dtype: where and how the parameters are made.
         """
         super().__init__()
-        self.norm1 = norm_layer(dim)
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = norm_layer(dim, **dd)
         self.attn = ELFATTAttention(
             dim,
             num_heads,
@@ -165,11 +151,12 @@ class ELFATTBlock(nn.Module):
             proj_drop=proj_drop,
             lepe_kernel=lepe_kernel,
             fused_attn=fused_attn,
+            **dd,
         )
-        self.drop_path1 = DropPath(drop_path)
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer, proj_drop)
-        self.drop_path2 = DropPath(drop_path)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         batch, height, width, channels = x.shape
@@ -179,8 +166,18 @@ class ELFATTBlock(nn.Module):
         return x.reshape(batch, height, width, channels)
 
 
+@register_notrace_function
+@torch.jit.ignore
+def check_images(x: Tensor, in_chans: int, smallest: int) -> None:
+    """Check that ``x`` is an image batch ``[B, in_chans, H, W]`` with sides of at least ``smallest`` pixels."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected images [B, {in_chans}, H, W], got shape {tuple(x.shape)}")
+    if min(x.shape[2:]) < smallest:
+        raise ValueError(f"images must be at least {smallest}x{smallest} pixels, got {tuple(x.shape[2:])}")
+
+
 class PatchEmbed(nn.Module):
-    """CSWin's stem: a 7x7 stride-4 conv with padding 2, then LayerNorm; an NCHW image in, NHWC tokens out.
+    """CSWin's stem: a 7x7 stride-4 conv with padding 2, then LayerNorm; NCHW images in, an NCHW map out.
 
     Any input of at least 3x3 pixels works; a side ``s`` becomes ``(s - 3) // 4 + 1`` (56 at 224).
     """
@@ -193,39 +190,43 @@ class PatchEmbed(nn.Module):
         kernel_size: int = 7,
         stride: int = 4,
         padding: int = 2,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_chans, self.kernel_size, self.padding = in_chans, kernel_size, padding
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size, stride, padding)
-        self.norm = norm_layer(embed_dim)
+        self.in_chans = in_chans
+        self.smallest = kernel_size - 2 * padding
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size, stride, padding, device=device, dtype=dtype)
+        self.norm = map_norm(embed_dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}")
-        smallest = self.kernel_size - 2 * self.padding
-        if min(x.shape[2:]) < smallest:
-            raise ValueError(f"images must be at least {smallest}x{smallest} pixels, got {tuple(x.shape[2:])}")
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        check_images(x, self.in_chans, self.smallest)
+        return self.norm(self.proj(x))
 
 
 class ConvMerge(nn.Module):
-    """CSWin's token merging: a 3x3 stride-2 conv with padding 1, then LayerNorm; NHWC in and out.
+    """CSWin's token merging: a 3x3 stride-2 conv with padding 1, then LayerNorm; NCHW in and out.
 
     Each side becomes ``ceil(side / 2)``, so odd sizes work.
     """
 
-    def __init__(self, dim: int, out_dim: int, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm) -> None:
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(dim, out_dim, 3, 2, 1)
-        self.norm = norm_layer(out_dim)
+        self.conv = nn.Conv2d(dim, out_dim, 3, 2, 1, device=device, dtype=dtype)
+        self.norm = map_norm(out_dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        return self.norm(self.conv(x))
 
 
 class ELFATTStage(nn.Module):
-    """One stage: optional :class:`ConvMerge`, then ``depth`` :class:`ELFATTBlock`; NHWC in and out."""
+    """One stage: optional :class:`ConvMerge`, then ``depth`` :class:`ELFATTBlock`; NCHW in and out."""
 
     def __init__(
         self,
@@ -236,7 +237,9 @@ class ELFATTStage(nn.Module):
         *,
         downsample: bool = True,
         drop_path: Sequence[float] | float = 0.0,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **block_kwargs: Any,
     ) -> None:
         """
@@ -247,30 +250,31 @@ class ELFATTStage(nn.Module):
             num_heads: attention heads.
             downsample: start with a :class:`ConvMerge` halving each side.
             drop_path: stochastic depth rate, one per block or one for all.
-            norm_layer: normalisation over channels.
+            norm_layer: normalisation over channels in the blocks.
+            device, dtype: where and how the parameters are made.
             **block_kwargs: the rest of :class:`ELFATTBlock`'s arguments.
         """
         super().__init__()
         self.grad_checkpointing = False
         if not downsample and dim != out_dim:
             raise ValueError(f"a stage without merging keeps its channels, got dim={dim}, out_dim={out_dim}")
-        self.downsample = ConvMerge(dim, out_dim, norm_layer) if downsample else nn.Identity()
+        dd = dict(device=device, dtype=dtype)
+        self.downsample = ConvMerge(dim, out_dim, **dd) if downsample else nn.Identity()
         rates = drop_path if isinstance(drop_path, Sequence) else [drop_path] * depth
         self.blocks = nn.Sequential(
             *[
-                ELFATTBlock(out_dim, num_heads, drop_path=rates[i], norm_layer=norm_layer, **block_kwargs)
+                ELFATTBlock(out_dim, num_heads, drop_path=rates[i], norm_layer=norm_layer, **dd, **block_kwargs)
                 for i in range(depth)
             ]
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
-        for block in self.blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        x = self.downsample(x).permute(0, 2, 3, 1)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x.permute(0, 3, 1, 2)
 
 
 class CSWinELFATT(nn.Module):
@@ -299,8 +303,10 @@ class CSWinELFATT(nn.Module):
         drop_path_rate: float = 0.0,
         lepe_kernel: int = 3,
         fused_attn: bool = True,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
         act_layer: Callable[[], nn.Module] = nn.GELU,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -325,10 +331,13 @@ class CSWinELFATT(nn.Module):
             drop_path_rate: stochastic depth rate, rising linearly over the blocks to this value.
             lepe_kernel: side of the LePE depthwise kernels.
             fused_attn: block heads through ``F.scaled_dot_product_attention`` (plain matmuls when False).
-            norm_layer: normalisation over channels.
+            norm_layer: normalisation over channels in the blocks (the stem's, the merges' and the final norm are
+                LayerNorms over the channels of NCHW maps).
             act_layer: MLP activation.
+            device, dtype: where and how the parameters are made (timm's ``create_model(device=, dtype=)``).
         """
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         num_stages = len(depths)
         if len(num_heads) != num_stages:
             raise ValueError(f"num_heads needs one entry per stage ({num_stages}), got {list(num_heads)}")
@@ -340,6 +349,7 @@ class CSWinELFATT(nn.Module):
             num_blocks = DEFAULT_NUM_BLOCKS
         self.num_classes = num_classes
         self.global_pool = global_pool
+        self.in_chans = in_chans
         self.img_size = pair(img_size, "img_size")
         self.embed_dims = [embed_dim * 2**i for i in range(num_stages)]
         self.num_features = self.head_hidden_size = self.embed_dims[-1]
@@ -347,7 +357,7 @@ class CSWinELFATT(nn.Module):
         blocks = None if block_sizes is None else per_stage(block_sizes, num_stages, "block_sizes")
         splits = per_stage(split, num_stages, "split")
 
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, norm_layer=norm_layer)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, **dd)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages, in_dim = [], embed_dim
@@ -372,14 +382,15 @@ class CSWinELFATT(nn.Module):
                     lepe_kernel=lepe_kernel,
                     fused_attn=fused_attn,
                     act_layer=act_layer,
+                    **dd,
                 )
             )
             in_dim = self.embed_dims[i]
             self.feature_info.append(dict(num_chs=in_dim, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.norm = norm_layer(self.num_features)
+        self.norm = map_norm(self.num_features, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(init_weights)
 
     @staticmethod
@@ -426,9 +437,7 @@ class CSWinELFATT(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            init_weights(self.head)
+        self.head = new_classifier(self.num_features, num_classes, self)
 
     def set_input_size(
         self,
@@ -464,7 +473,7 @@ class CSWinELFATT(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Images ``[B, in_chans, H, W]`` to the final normalised feature map ``[B, C, H / 32, W / 32]``."""
         x = self.stages(self.patch_embed(x))
-        return self.norm(x).permute(0, 3, 1, 2)
+        return self.norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool ``[B, C, h, w]`` and classify; ``pre_logits`` returns the pooled ``[B, C]`` features."""
@@ -474,7 +483,7 @@ class CSWinELFATT(nn.Module):
             x = x.permute(0, 2, 3, 1)
         x = self.head_drop(x)
         if pre_logits:
-            return x
+            return x if self.global_pool == "avg" else x.permute(0, 3, 1, 2)
         x = self.head(x)
         return x if self.global_pool == "avg" else x.permute(0, 3, 1, 2)
 
@@ -506,7 +515,7 @@ class CSWinELFATT(nn.Module):
         """
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = stage_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         stages = self.stages if not stop_early and not intermediates_only else self.stages[: max_index + 1]
         intermediates = []
@@ -515,10 +524,10 @@ class CSWinELFATT(nn.Module):
             x = stage(x)
             if i in take_indices:
                 out = self.norm(x) if norm and i == last else x
-                intermediates.append(out.permute(0, 3, 1, 2) if output_fmt == "NCHW" else out)
+                intermediates.append(out if output_fmt == "NCHW" else out.permute(0, 2, 3, 1))
         if intermediates_only:
             return intermediates
-        return self.norm(x).permute(0, 3, 1, 2), intermediates
+        return self.norm(x), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -527,7 +536,7 @@ class CSWinELFATT(nn.Module):
 
         The final norm is dropped whenever stages are, since it fits only the last stage's channels.
         """
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        take_indices, max_index = stage_indices(len(self.stages), indices)
         if max_index < len(self.stages) - 1:
             prune_norm = True
         self.stages = self.stages[: max_index + 1]
@@ -541,12 +550,23 @@ class CSWinELFATT(nn.Module):
 def init_weights(module: nn.Module) -> None:
     """timm's init of linears (truncated normal 0.02, zero bias) and LayerNorms (ones, zeros)."""
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def new_classifier(num_features: int, num_classes: int, model: nn.Module) -> nn.Module:
+    """A freshly initialised linear head (``nn.Identity`` for 0 classes) with the model's device, dtype and mode."""
+    if num_classes <= 0:
+        return nn.Identity().train(model.training)
+    reference = next(model.parameters(), None)
+    factory = {} if reference is None else dict(device=reference.device, dtype=reference.dtype)
+    head = nn.Linear(num_features, num_classes, **factory)
+    init_weights(head)
+    return head.train(model.training)
 
 
 # Official CSWin names (microsoft/CSWin-Transformer, models/cswin.py) -> ours, for everything but the LePE convs.
@@ -559,6 +579,7 @@ _CSWIN_RENAMES = [
     (re.compile(r"^(norm|head)\.(weight|bias)$"), r"\1.\2"),
 ]
 _CSWIN_LEPE = re.compile(r"^stage(\d+)\.(\d+)\.attns\.(\d)\.get_v\.(weight|bias)$")
+_ADAPTED_BY_TIMM = ("head.", "patch_embed.proj.")
 _CSWIN_ONLY = re.compile(r"^(stage\d+[._]|merge\d+\.)")
 
 
@@ -588,7 +609,12 @@ def _unwrap(state_dict: dict[str, Any], use_ema: bool) -> dict[str, Tensor]:
 
 
 def checkpoint_filter_fn(
-    state_dict: dict[str, Any], model: CSWinELFATT, *, strict: bool = True, use_ema: bool = False
+    state_dict: dict[str, Any],
+    model: CSWinELFATT,
+    *,
+    strict: bool = True,
+    use_ema: bool = False,
+    for_timm_loader: bool = False,
 ) -> dict[str, Tensor]:
     """Map a checkpoint in the official CSWin code's names onto a :class:`CSWinELFATT`.
 
@@ -606,6 +632,8 @@ def checkpoint_filter_fn(
         strict: raise on checkpoint keys that map nowhere, model keys the checkpoint lacks, and shape
             mismatches; when False, warn, drop the mismatched tensors and return what maps.
         use_ema: take the EMA weights of a training checkpoint.
+        for_timm_loader: leave a classifier or stem of another shape (``head``, ``patch_embed.proj``) for timm's
+            ``load_pretrained`` to drop or adapt to ``num_classes`` / ``in_chans``, as ``pretrained=True`` does.
 
     Returns:
         A state dict for ``model.load_state_dict``.
@@ -647,10 +675,12 @@ def checkpoint_filter_fn(
             unexpected.append(key)
     unexpected += [k for k in out if k not in target]
     missing = [k for k in target if k not in out]
+    # With timm's loader, a classifier for other classes or a stem for other channels is its to drop or adapt.
+    adapted = _ADAPTED_BY_TIMM if for_timm_loader else ()
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
         for k, v in out.items()
-        if k in target and v.shape != target[k].shape
+        if k in target and v.shape != target[k].shape and not k.startswith(adapted)
     ]
     problems = []
     for what, keys in (("unexpected (mapped nowhere)", unexpected), ("missing", missing), ("mismatched", mismatched)):
@@ -662,7 +692,7 @@ def checkpoint_filter_fn(
         if strict:
             raise ValueError(message)
         warnings.warn(message, stacklevel=2)
-    return {k: v for k, v in out.items() if k in target and v.shape == target[k].shape}
+    return {k: v for k, v in out.items() if k in target and (v.shape == target[k].shape or k.startswith(adapted))}
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -687,30 +717,45 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 
 # Read by timm's register_model at decoration time, so defined before the entrypoints.
-default_cfgs = {
-    "cswin_elfatt_tiny_224": _cfg(notes=("The authors publish cswin_elfatt_tiny_224.pth; load it with file=...",)),
-    "cswin_elfatt_small_224": _cfg(),
-    "cswin_elfatt_base_224": _cfg(),
-    "cswin_elfatt_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
-}
+default_cfgs = generate_default_cfgs(
+    {
+        "cswin_elfatt_tiny_224": _cfg(
+            notes=("The authors publish cswin_elfatt_tiny_224.pth; load it with pretrained_cfg_overlay=dict(file=...)",)
+        ),
+        "cswin_elfatt_small_224": _cfg(),
+        "cswin_elfatt_base_224": _cfg(),
+        "cswin_elfatt_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    }
+)
 
 
-def _create(variant: str, pretrained: bool, args: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
-    return build_model(
-        CSWinELFATT,
+def build_hierarchical(
+    model_cls: type[nn.Module],
+    variant: str,
+    pretrained: bool,
+    args: dict[str, Any],
+    kwargs: dict[str, Any],
+    pretrained_filter_fn: Callable[..., dict[str, Tensor]] | None = None,
+) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for a four-stage variant: its ``args`` overridden by the caller's
+    ``kwargs`` (a caller's ``block_sizes`` replaces the variant's ``num_blocks``), features from every stage."""
+    if kwargs.get("block_sizes") is not None and "num_blocks" not in kwargs:
+        args = {k: v for k, v in args.items() if k != "num_blocks"}
+    kwargs = {**args, **kwargs}
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        model_cls,
         variant,
         pretrained,
-        default_cfgs[variant],
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **_variant_args(args, kwargs),
+        pretrained_filter_fn=pretrained_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
     )
 
 
-def _variant_args(args: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """A variant's arguments overridden by the caller's; a caller's ``block_sizes`` replaces its ``num_blocks``."""
-    if kwargs.get("block_sizes") is not None and "num_blocks" not in kwargs:
-        args = {k: v for k, v in args.items() if k != "num_blocks"}
-    return {**args, **kwargs}
+def _create(variant: str, pretrained: bool, args: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
+    filter_fn = functools.partial(checkpoint_filter_fn, for_timm_loader=True)
+    return build_hierarchical(CSWinELFATT, variant, pretrained, args, kwargs, filter_fn)
 
 
 @register_model

@@ -36,17 +36,15 @@ convention, see :mod:`elfatt.models.cswin_elfatt`).
 Licence: MIT.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch.nn as nn
 
-from elfatt.models._builder import build_model
-from elfatt.models._registry import register_model
-from elfatt.models.cswin_elfatt import BlockCount, CSWinELFATT, _cfg, _variant_args
+from timm.models import generate_default_cfgs, register_model
+
+from elfatt.models.cswin_elfatt import BlockCount, CSWinELFATT, _cfg, build_hierarchical
 
 __all__ = ["SwinELFATT", "window_grid"]
 
@@ -90,16 +88,18 @@ class SwinELFATT(CSWinELFATT):
         return tuple(count)
 
 
-default_cfgs = {
-    "swin_elfatt_tiny_224": _cfg(),
-    "swin_elfatt_small_224": _cfg(),
-    "swin_elfatt_base_224": _cfg(),
-    "swin_elfatt_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
-}
+default_cfgs = generate_default_cfgs(
+    {
+        "swin_elfatt_tiny_224": _cfg(),
+        "swin_elfatt_small_224": _cfg(),
+        "swin_elfatt_base_224": _cfg(),
+        "swin_elfatt_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    }
+)
 
 
 def _create(variant: str, pretrained: bool, args: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
-    return build_model(SwinELFATT, variant, pretrained, default_cfgs[variant], **_variant_args(args, kwargs))
+    return build_hierarchical(SwinELFATT, variant, pretrained, args, kwargs)
 
 
 @register_model

@@ -39,16 +39,22 @@ keeping its ``qkv`` / ``proj`` weights and adding LePE convs that start at zero,
 Licence: MIT.
 """
 
-from __future__ import annotations
-
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+    register_notrace_function,
+    register_notrace_module,
+)
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -64,10 +70,8 @@ from elfatt.functional import (
     lepe,
     softmax_attention,
 )
-from elfatt.models._builder import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_model, feature_take_indices
-from elfatt.models._registry import register_model
-from elfatt.models.cswin_elfatt import DropPath, Mlp, init_weights
-from elfatt.modules import ELFATTAttention
+from elfatt.models.cswin_elfatt import init_weights, new_classifier, stage_indices
+from elfatt.modules import ELFATTAttention, NormalisedBlock, check_layer_input, concrete_block
 
 __all__ = [
     "VisionTransformerELFATT",
@@ -76,7 +80,6 @@ __all__ = [
     "TimmELFATTAttention",
     "PatchEmbed",
     "prefix_elfatt",
-    "resample_abs_pos_embed",
     "patch_timm_vit",
     "checkpoint_filter_fn",
 ]
@@ -149,6 +152,48 @@ def prefix_elfatt(
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
+@torch.jit.ignore
+def attend_prefix_heads(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    size: tuple[int, int],
+    num_prefix_tokens: int,
+    block: Optional[NormalisedBlock],
+    num_blocks: Optional[tuple[int, int]],
+    num_global_heads: int,
+    global_weight: Optional[Tensor],
+    global_bias: Optional[Tensor],
+    block_weight: Optional[Tensor],
+    block_bias: Optional[Tensor],
+    dropout_p: float,
+    fused: bool,
+    backend: str,
+) -> Tensor:
+    """:func:`prefix_elfatt` with a layer's settings as plain arguments (see :func:`elfatt.modules.attend_heads`)."""
+    return prefix_elfatt(
+        q,
+        k,
+        v,
+        size,
+        num_prefix_tokens,
+        block=concrete_block(size, block, num_blocks),
+        split=num_global_heads / q.shape[1],
+        global_lepe=None if global_weight is None else (global_weight, global_bias),
+        block_lepe=None if block_weight is None else (block_weight, block_bias),
+        dropout_p=dropout_p,
+        fused=fused,
+        backend=backend,
+    )
+
+
+@torch.jit.ignore
+def check_prefix_count(num_prefix_tokens: int) -> None:
+    """Check that a prefix-token count is an int >= 0."""
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+        raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
+
+
 class PrefixELFATTAttention(ELFATTAttention):
     """ELFATT attention over ``P`` prefix tokens (class token, registers) and an ``(H, W)`` grid of tokens.
 
@@ -163,7 +208,9 @@ class PrefixELFATTAttention(ELFATTAttention):
         num_heads: int = 8,
         *,
         qk_norm: bool = False,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -172,82 +219,81 @@ class PrefixELFATTAttention(ELFATTAttention):
             num_heads: heads; ``dim`` must divide by it.
             qk_norm: normalise queries and keys per head (timm's ``qk_norm``) before attention.
             norm_layer: the qk norm over the head dim.
+            device, dtype: where and how the parameters are made.
             **kwargs: :class:`~elfatt.modules.ELFATTAttention`'s other arguments (``block``, ``num_blocks``,
                 ``split``, ``qkv_bias``, ...).
         """
-        super().__init__(dim, num_heads, **kwargs)
-        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        super().__init__(dim, num_heads, device=device, dtype=dtype, **kwargs)
+        dd = dict(device=device, dtype=dtype)
+        self.q_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
 
     def forward(self, x: Tensor, size: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
         """Attend ``x`` ``[B, P + H * W, C]``: ``P = num_prefix_tokens`` prefix tokens, then the grid ``size``."""
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must be [B, N, C={self.dim}], got shape {tuple(x.shape)}")
-        height, width = check_size(size)
-        batch, tokens, channels = x.shape
-        if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
-            raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
-        if num_prefix_tokens + height * width != tokens:
-            raise ValueError(
-                f"{num_prefix_tokens} prefix tokens and a {height}x{width} grid make "
-                f"{num_prefix_tokens + height * width} tokens, but x has {tokens}"
-            )
+        check_prefix_count(num_prefix_tokens)
+        check_layer_input(x, size, self.dim, num_prefix_tokens)
         q, k, v = self.project_heads(x)
         q, k = self.q_norm(q), self.k_norm(k)
-        out = prefix_elfatt(q, k, v, (height, width), num_prefix_tokens, **self.attention_options((height, width)))
+        global_weight, global_bias, block_weight, block_bias = self.lepe_parameters()
+        out = attend_prefix_heads(
+            q,
+            k,
+            v,
+            size,
+            num_prefix_tokens,
+            self._block,
+            self._num_blocks,
+            self.num_global_heads,
+            global_weight,
+            global_bias,
+            block_weight,
+            block_bias,
+            self.attn_drop if self.training else 0.0,
+            self.fused_attn,
+            self.backend,
+        )
         return self.merge_heads(out)
 
 
-def resample_abs_pos_embed(
-    pos_embed: Tensor,
-    new_size: tuple[int, int],
-    old_size: tuple[int, int],
-    num_prefix_tokens: int = 1,
-    interpolation: str = "bicubic",
-    antialias: bool = True,
-) -> Tensor:
-    """Resize a position embedding ``[1, P + h * w, C]`` from the grid ``old_size`` to ``new_size``, as timm does.
+register_notrace_module(PrefixELFATTAttention)
 
-    The first ``num_prefix_tokens`` entries (the class token's) are kept; the grid part is interpolated in
-    float32 and cast back.
-    """
-    new_size, old_size = tuple(new_size), tuple(old_size)
-    if new_size == old_size:
-        return pos_embed
-    if pos_embed.shape[1] != num_prefix_tokens + old_size[0] * old_size[1]:
-        raise ValueError(
-            f"a position embedding of {pos_embed.shape[1]} tokens is not {num_prefix_tokens} prefix tokens and a "
-            f"{old_size[0]}x{old_size[1]} grid"
-        )
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    channels = grid.shape[-1]
-    grid = grid.float().reshape(1, *old_size, channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=new_size, mode=interpolation, antialias=antialias, align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, channels).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
+
+@register_notrace_function
+@torch.jit.ignore
+def check_patch_images(x: Tensor, in_chans: int, patch_size: tuple[int, int]) -> None:
+    """Check that ``x`` is ``[B, in_chans, H, W]`` with sides that are positive multiples of the patch."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected images [B, {in_chans}, H, W], got shape {tuple(x.shape)}")
+    (ph, pw), (height, width) = patch_size, x.shape[2:]
+    if height % ph or width % pw or height < ph or width < pw:
+        raise ValueError(f"image sides must be positive multiples of the patch {ph}x{pw}, got {height}x{width}")
 
 
 class PatchEmbed(nn.Module):
     """Patchify with a ``p x p`` stride-``p`` conv: images ``[B, C, H, W]`` to tokens ``[B, H / p, W / p, D]``."""
 
-    def __init__(self, img_size: int | tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+    def __init__(
+        self,
+        img_size: int | tuple[int, int],
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.in_chans = in_chans
         self.patch_size = pair(patch_size, "patch_size")
         self.img_size = pair(img_size, "img_size")
         self.grid_size = self.dynamic_feat_size(self.img_size)
-        self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, self.patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, self.patch_size, self.patch_size, device=device, dtype=dtype)
 
     def dynamic_feat_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         """The token grid of an image of ``img_size`` pixels."""
         return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}")
-        (ph, pw), (height, width) = self.patch_size, x.shape[2:]
-        if height % ph or width % pw or height < ph or width < pw:
-            raise ValueError(f"image sides must be positive multiples of the patch {ph}x{pw}, got {height}x{width}")
+        check_patch_images(x, self.in_chans, self.patch_size)
         return self.proj(x).permute(0, 2, 3, 1)
 
 
@@ -265,8 +311,10 @@ class ViTELFATTBlock(nn.Module):
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
         act_layer: Callable[[], nn.Module] = nn.GELU,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **attn_kwargs: Any,
     ) -> None:
         """
@@ -281,10 +329,12 @@ class ViTELFATTBlock(nn.Module):
             drop_path: stochastic depth rate of both residual branches.
             norm_layer: normalisation over channels.
             act_layer: MLP activation.
+            device, dtype: where and how the parameters are made.
             **attn_kwargs: the attention's ``block`` / ``num_blocks``, ``split``, ``lepe_kernel``, ``fused_attn``.
         """
         super().__init__()
-        self.norm1 = norm_layer(dim)
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = norm_layer(dim, **dd)
         self.attn = PrefixELFATTAttention(
             dim,
             num_heads,
@@ -293,12 +343,13 @@ class ViTELFATTBlock(nn.Module):
             norm_layer=norm_layer,
             attn_drop=attn_drop,
             proj_drop=proj_drop,
+            **dd,
             **attn_kwargs,
         )
-        self.drop_path1 = DropPath(drop_path)
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer, proj_drop)
-        self.drop_path2 = DropPath(drop_path)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: Tensor, size: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x), size, num_prefix_tokens))
@@ -334,8 +385,10 @@ class VisionTransformerELFATT(nn.Module):
         drop_path_rate: float = 0.0,
         lepe_kernel: int = 3,
         fused_attn: bool = True,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
         act_layer: Callable[[], nn.Module] = nn.GELU,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -368,8 +421,10 @@ class VisionTransformerELFATT(nn.Module):
             fused_attn: block heads through ``F.scaled_dot_product_attention`` (plain matmuls when False).
             norm_layer: normalisation over channels.
             act_layer: MLP activation.
+            device, dtype: where and how the parameters are made (timm's ``create_model(device=, dtype=)``).
         """
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if global_pool not in ("", "avg", "token"):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
         if global_pool == "token" and not class_token:
@@ -383,23 +438,24 @@ class VisionTransformerELFATT(nn.Module):
         split = half_split(num_heads) if split is None else split
         self.num_classes = num_classes
         self.global_pool = global_pool
+        self.in_chans = in_chans
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = int(class_token) + reg_tokens
         self.num_reg_tokens = reg_tokens
         self.no_embed_class = no_embed_class
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, **dd)
         self.img_size = self.patch_embed.img_size
         grid_tokens = self.patch_embed.grid_size[0] * self.patch_embed.grid_size[1]
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **dd)) if class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim, **dd)) if reg_tokens else None
         embed_len = grid_tokens if no_embed_class else grid_tokens + self.num_prefix_tokens
-        self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, embed_dim, **dd))
         self.pos_drop = nn.Dropout(pos_drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.Sequential(
-            *[
+        self.blocks = nn.ModuleList(
+            [
                 ViTELFATTBlock(
                     embed_dim,
                     num_heads,
@@ -416,15 +472,16 @@ class VisionTransformerELFATT(nn.Module):
                     split=split,
                     lepe_kernel=lepe_kernel,
                     fused_attn=fused_attn,
+                    **dd,
                 )
                 for i in range(depth)
             ]
         )
         reduction = max(self.patch_embed.patch_size)
         self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in range(depth)]
-        self.norm = norm_layer(embed_dim)
+        self.norm = norm_layer(embed_dim, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -466,10 +523,7 @@ class VisionTransformerELFATT(nn.Module):
                 raise ValueError("global_pool='token' needs a class token")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        factory = dict(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
-        self.head = nn.Linear(self.num_features, num_classes, **factory) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            init_weights(self.head)
+        self.head = new_classifier(self.num_features, num_classes, self)
 
     def set_input_size(
         self,
@@ -492,7 +546,7 @@ class VisionTransformerELFATT(nn.Module):
                 pos_embed = resample_abs_pos_embed(
                     self.pos_embed, self.patch_embed.grid_size, old_grid, self._embedded_prefix_tokens()
                 )
-            self.pos_embed = nn.Parameter(pos_embed.detach().clone())
+            self.pos_embed = nn.Parameter(pos_embed.detach().clone(), requires_grad=self.pos_embed.requires_grad)
         if num_blocks is not None and block_size is not None:
             raise ValueError("give at most one of num_blocks and block_size")
         if num_blocks is None and block_size is None:
@@ -515,23 +569,25 @@ class VisionTransformerELFATT(nn.Module):
             self.pos_embed, (height, width), self.patch_embed.grid_size, self._embedded_prefix_tokens()
         )
         x = x.reshape(batch, height * width, channels)
-        prefix = [token.expand(batch, -1, -1) for token in (self.cls_token, self.reg_token) if token is not None]
+        tokens: list[Tensor] = []
+        if self.cls_token is not None:
+            tokens.append(self.cls_token.expand(batch, -1, -1))
+        if self.reg_token is not None:
+            tokens.append(self.reg_token.expand(batch, -1, -1))
         if self.no_embed_class:
-            x = torch.cat(prefix + [x + pos_embed], dim=1)
+            x = torch.cat(tokens + [x + pos_embed], dim=1)
         else:
-            x = torch.cat(prefix + [x], dim=1) + pos_embed
+            x = torch.cat(tokens + [x], dim=1) + pos_embed
         return self.pos_drop(x), (height, width)
-
-    def _run_block(self, block: nn.Module, x: Tensor, size: tuple[int, int]) -> Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(block, x, size, self.num_prefix_tokens, use_reentrant=False)
-        return block(x, size, self.num_prefix_tokens)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images ``[B, in_chans, H, W]`` to the normalised tokens ``[B, P + H / 16 * W / 16, C]``, prefix first."""
         x, size = self._embed(x)
         for block in self.blocks:
-            x = self._run_block(block, x, size)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, size, self.num_prefix_tokens, use_reentrant=False)
+            else:
+                x = block(x, size, self.num_prefix_tokens)
         return self.norm(x)
 
     def pool(self, x: Tensor, pool_type: str | None = None) -> Tensor:
@@ -579,12 +635,15 @@ class VisionTransformerELFATT(nn.Module):
         """
         if output_fmt not in ("NCHW", "NHWC", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = stage_indices(len(self.blocks), indices)
         blocks = self.blocks if not stop_early and not intermediates_only else self.blocks[: max_index + 1]
         x, (height, width) = self._embed(x)
         intermediates = []
         for i, block in enumerate(blocks):
-            x = self._run_block(block, x, (height, width))
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, (height, width), self.num_prefix_tokens, use_reentrant=False)
+            else:
+                x = block(x, (height, width), self.num_prefix_tokens)
             if i not in take_indices:
                 continue
             out = self.norm(x) if norm else x
@@ -602,7 +661,7 @@ class VisionTransformerELFATT(nn.Module):
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the blocks after the last of ``indices`` and, optionally, the final norm and the head."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        take_indices, max_index = stage_indices(len(self.blocks), indices)
         self.blocks = self.blocks[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
@@ -871,22 +930,24 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 
 # Read by timm's register_model at decoration time, so defined before the entrypoints.
-default_cfgs = {
-    "vit_elfatt_tiny_patch16_224": _cfg(),
-    "vit_elfatt_small_patch16_224": _cfg(),
-    "vit_elfatt_base_patch16_224": _cfg(),
-}
+default_cfgs = generate_default_cfgs(
+    {
+        "vit_elfatt_tiny_patch16_224": _cfg(),
+        "vit_elfatt_small_patch16_224": _cfg(),
+        "vit_elfatt_base_patch16_224": _cfg(),
+    }
+)
 
 
 def _create(variant: str, pretrained: bool, args: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
-    # timm's ViTs return the last three blocks' features by default.
-    kwargs.setdefault("out_indices", 3)
-    return build_model(
+    # timm's ViTs return the last three blocks' features by default, through forward_intermediates.
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(
         VisionTransformerELFATT,
         variant,
         pretrained,
-        default_cfgs[variant],
         pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **{**args, **kwargs},
     )
 

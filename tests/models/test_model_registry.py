@@ -1,16 +1,17 @@
-"""The registry without timm, the guarded timm registration, and the variants' pretrained configs."""
+"""Registration with timm (lazy: ``import elfatt`` does not import timm), the core without timm, and the configs."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
-import types
+import textwrap
 
 import pytest
+import timm
 import torch
 from model_helpers import meta_device  # noqa: F401
 
 import elfatt.models as models
-from elfatt.models import _registry
 
 VARIANTS = [
     f"{family}_elfatt_{size}"
@@ -21,12 +22,11 @@ CFG_KEYS = {"url", "num_classes", "input_size", "pool_size", "crop_pct", "interp
 CFG_KEYS |= {"first_conv", "classifier", "license", "architecture"}
 
 
-def test_list_and_create_without_timm():
-    assert models.list_models() == sorted(VARIANTS)
-    assert models.list_models("swin_*") == sorted(v for v in VARIANTS if v.startswith("swin_"))
-    assert models.is_model("cswin_elfatt_tiny_224") and not models.is_model("cswin_tiny_224")
-    with pytest.raises(ValueError, match="did you mean cswin_elfatt_tiny_224"):
-        models.create_model("cswin_elfat_tiny_224")
+def test_variants_are_timm_models():
+    assert sorted(timm.list_models("*_elfatt_*")) == sorted(VARIANTS)
+    assert models.list_models is timm.list_models and models.create_model is timm.create_model
+    assert all(timm.is_model(name) for name in VARIANTS)
+    assert {timm.models.get_arch_name(name) for name in VARIANTS} == set(VARIANTS)
 
 
 # The ViT variants' configs (no final map, DeiT's crop, prefix-token stem) are tested in test_vit_elfatt.py.
@@ -48,43 +48,48 @@ def test_default_cfg(name, meta_device):  # noqa: F811
     assert model.group_matcher()["stem"] == r"^patch_embed" and model.no_weight_decay() == set()
 
 
-def test_registration_is_handed_to_timm_when_it_imports(monkeypatch):
-    handed = []
-    monkeypatch.setattr(_registry, "_model_entrypoints", dict(_registry._model_entrypoints))
-    monkeypatch.setattr(_registry, "_timm_register_model", lambda fn: handed.append(fn) or fn)
-
-    def toy_elfatt_model(pretrained: bool = False, **kwargs):
-        return torch.nn.Identity()
-
-    assert _registry.register_model(toy_elfatt_model) is toy_elfatt_model
-    assert handed == [toy_elfatt_model] and models.is_model("toy_elfatt_model")
-
-    def toy_elfatt_model(pretrained: bool = False, **kwargs):  # noqa: F811
-        return torch.nn.Identity()
-
-    with pytest.raises(ValueError, match="already registered"):
-        _registry.register_model(toy_elfatt_model)
+def _run_python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
-def test_a_broken_timm_is_ignored(monkeypatch):
-    class Broken(types.ModuleType):
-        def __getattr__(self, name):
-            raise RuntimeError("operator torchvision::nms does not exist")
+@pytest.mark.parametrize("order", ["elfatt first", "timm first"])
+def test_import_elfatt_is_enough_for_timm_create_model(order):
+    imports = "import elfatt\nimport timm" if order == "elfatt first" else "import timm\nimport elfatt"
+    out = _run_python(
+        f"""
+        import sys
+        {imports.splitlines()[0]}
+        print("timm imported by elfatt:", {order == "elfatt first"} and "timm" in sys.modules)
+        {imports.splitlines()[1]}
+        import torch
+        model = timm.create_model("cswin_elfatt_tiny_224", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4),
+                                  num_classes=3)
+        print(type(model).__name__, tuple(model(torch.randn(1, 3, 64, 48)).shape))
+        """
+    )
+    assert "timm imported by elfatt: False" in out
+    assert "CSWinELFATT (1, 3)" in out
 
-    monkeypatch.setitem(sys.modules, "timm", types.ModuleType("timm"))
-    monkeypatch.setitem(sys.modules, "timm.models", Broken("timm.models"))
-    assert _registry._find_timm_register() is None
-    monkeypatch.setitem(sys.modules, "timm.models", None)
-    assert _registry._find_timm_register() is None
 
-
-def test_timm_create_model():
-    timm = pytest.importorskip("timm")
-    assert models.timm_available()
-    assert set(VARIANTS) <= set(timm.list_models("*elfatt*"))
-    small = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4), num_classes=5)
-    model = timm.create_model("cswin_elfatt_tiny_224", **small).eval()
-    assert isinstance(model, models.CSWinELFATT)
-    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
-    backbone = timm.create_model("swin_elfatt_tiny_224", features_only=True, out_indices=(1, 3), **small)
-    assert [m.shape[1] for m in backbone(torch.randn(1, 3, 64, 64))] == [32, 128]
+def test_core_works_without_timm():
+    """The op and the module with timm unimportable; the models then say what is missing."""
+    out = _run_python(
+        """
+        import sys
+        sys.modules["timm"] = None
+        import torch
+        import elfatt
+        from elfatt import functional
+        layer = elfatt.ELFATTAttention(16, 2, block=(2, 3))
+        print("module", tuple(layer(torch.randn(2, 5 * 7, 16), (5, 7)).shape))
+        q, k, v = torch.randn(3, 1, 2, 12, 8).unbind(0)
+        print("op", tuple(functional.elfatt(q, k, v, (3, 4), block=2).shape))
+        try:
+            import elfatt.models
+        except ImportError as error:
+            print("models:", error)
+        """
+    )
+    assert "module (2, 35, 16)" in out and "op (1, 2, 12, 8)" in out and "models: elfatt.models needs timm: pip install 'elfatt[models]'" in out

@@ -628,7 +628,6 @@ def test_patch_timm_vit_is_a_lazy_export():
         elfatt.patch_timm_vt  # noqa: B018
 
 
-@pytest.mark.skipif(not models.timm_available(), reason="timm does not import here")
 def test_patch_real_timm_vit(generator):
     """A patched timm ViT computes what a ViT-ELFATT given its state dict computes."""
     import timm
