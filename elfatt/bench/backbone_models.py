@@ -27,14 +27,15 @@ def default_backbones() -> tuple[str, ...]:
 
 def check_backbones(names: tuple[str, ...]) -> None:
     """Raise ValueError naming any backbone that is neither registered here nor (with the prefix) timm's."""
-    from elfatt.models import is_model, list_models
+    from elfatt.models import list_models
 
     for name in names:
         if name.startswith(TIMM_PREFIX):
             if not timm_imports():
                 raise ValueError(f"backbone {name} needs timm, which does not import here")
-        elif not is_model(name):
-            raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(list_models('*elfatt*'))} or timm:<name>")
+        elif name not in list_models("*_elfatt_*"):
+            known = ", ".join(list_models("*_elfatt_*"))
+            raise ValueError(f"unknown backbone {name!r}; choose from {known} or timm:<name> for timm's own")
 
 
 def build_backbone(name: str, resolution: int) -> nn.Module:
