@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from elfatt.blocks import BlockSpec, block_from_count, blockify, resolve_block, unblockify
+from elfatt._timm_registration import register_when_timm_imports
+from elfatt.blocks import BlockCount, BlockSpec, block_from_count, blockify, resolve_block, unblockify
 from elfatt.functional import (
     block_attention,
     elfatt,
@@ -14,7 +15,6 @@ from elfatt.functional import (
     softmax_attention,
 )
 from elfatt.modules import DEFAULT_BLOCK, ELFATTAttention, LePE
-from elfatt._timm_registration import register_when_timm_imports
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "LePE",
     "block_attention",
     "block_from_count",
+    "BlockCount",
     "blockify",
     "elfatt",
     "global_head_count",

@@ -5,17 +5,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_size", "check_heads_tensor", "check_tokens", "check_qkv", "pair"]
+__all__ = ["check_size", "check_heads_tensor", "check_tokens", "check_qkv", "pair", "is_symbolic"]
+
+
+def is_symbolic(value: object) -> bool:
+    """Whether ``value`` is a traced size, a ``torch.SymInt``."""
+    return isinstance(value, torch.SymInt)
 
 
 def check_size(size: object) -> tuple[int, int]:
-    """Return ``size`` as ``(H, W)`` after checking it is two positive integers."""
+    """Return ``size`` as ``(H, W)`` after checking it is two positive integers.
+
+    A side may be a ``torch.SymInt`` (a size traced by ``torch.compile`` or ``torch.export``); its checks become
+    assertions in the graph (``torch._check``) rather than branches that would fix the size.
+    """
     if not isinstance(size, (tuple, list)) or len(size) != 2:
         raise TypeError(f"size must be a (H, W) pair of ints, got {size!r}")
     height, width = size
     for name, side in (("H", height), ("W", width)):
-        if isinstance(side, bool) or not isinstance(side, int):
+        if isinstance(side, bool) or not isinstance(side, (int, torch.SymInt)):
             raise TypeError(f"size must be a (H, W) pair of ints, got {name}={side!r} in {size!r}")
+    if is_symbolic(height) or is_symbolic(width):
+        torch._check(height >= 1, lambda: "the token grid is empty: H must be >= 1")
+        torch._check(width >= 1, lambda: "the token grid is empty: W must be >= 1")
+        return height, width
     if height < 1 or width < 1:
         raise ValueError(f"the token grid is empty: size={tuple(size)}; H and W must be >= 1")
     return height, width
@@ -35,7 +48,9 @@ def check_tokens(x: Tensor, size: object, name: str = "x") -> tuple[int, int]:
     """Check that ``x`` is a floating ``[B, heads, N, d]`` tensor laid out on the grid ``size``."""
     check_heads_tensor(x, name)
     height, width = check_size(size)
-    if height * width != x.shape[2]:
+    if is_symbolic(height * width) or is_symbolic(x.shape[2]):
+        torch._check(height * width == x.shape[2], lambda: f"the grid size does not match the tokens of {name}")
+    elif height * width != x.shape[2]:
         raise ValueError(
             f"grid size {height}x{width}={height * width} does not match the {x.shape[2]} tokens of {name} "
             f"(shape {tuple(x.shape)})"

@@ -13,7 +13,17 @@ from torch import Tensor
 
 from elfatt._checks import check_qkv, check_tokens
 from elfatt.backends import resolve_backend, triton_global_linear_attention
-from elfatt.blocks import BlockSpec, blockify, blocks_to_grid, grid_to_blocks, resolve_block, unblockify
+from elfatt.blocks import (
+    BlockSpec,
+    block_layout,
+    block_token_index,
+    blockify,
+    blocks_to_grid,
+    grid_to_blocks,
+    padded_blocks,
+    resolve_block,
+    unblockify,
+)
 
 __all__ = [
     "global_linear_attention",
@@ -118,6 +128,8 @@ def block_attention(
         ``[B, heads, N, d_v]``.
     """
     check_qkv(q, k, v, size)
+    if padded_blocks():
+        return _padded_block_attention(q, k, v, size, block, scale=scale, dropout_p=dropout_p, fused=fused)
     height, width = size
     bh, bw = resolve_block((height, width), block)
     batch, heads, tokens, _ = q.shape
@@ -135,6 +147,30 @@ def block_attention(
         rows.append(columns[0] if len(columns) == 1 else torch.cat(columns, dim=3))
     grid = rows[0] if len(rows) == 1 else torch.cat(rows, dim=2)
     return grid.reshape(batch, heads, tokens, v.shape[-1])
+
+
+def _padded_block_attention(
+    q: Tensor, k: Tensor, v: Tensor, size: tuple[int, int], block: BlockSpec, *, scale, dropout_p, fused
+) -> Tensor:
+    """:func:`block_attention` without a branch on the grid's sides, for export: whole blocks gathered from the
+    grid, positions past its edge masked out as keys, which gives the edge blocks' exact-size attention."""
+    heads = q.shape[1]
+    # [B, heads * nb, bh * bw, d]: four dims, as ONNX's attention takes them
+    q_blocks, k_blocks, v_blocks = (blockify(x, size, block).flatten(1, 2) for x in (q, k, v))
+    valid = block_token_index(size, block_layout(size, block), q.device)[1]
+    # [heads * nb, 1, bh * bw]: the keys of each block that lie on the grid; a block wholly past the grid (a
+    # BlockCount's trailing one) attends all its keys rather than none, and its output is never read back.
+    key_mask = (valid | ~valid.any(dim=-1, keepdim=True))[:, None, :].repeat(heads, 1, 1)
+    if fused:
+        out = F.scaled_dot_product_attention(
+            q_blocks, k_blocks, v_blocks, attn_mask=key_mask, dropout_p=dropout_p, scale=scale
+        )
+    else:
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        scores = ((q_blocks * scale) @ k_blocks.transpose(-2, -1)).masked_fill(~key_mask, float("-inf"))
+        out = F.dropout(scores.softmax(dim=-1), p=dropout_p) @ v_blocks
+    out = out.unflatten(1, (heads, -1))
+    return unblockify(out, size, block)
 
 
 def _check_lepe_weights(v: Tensor, weight: Tensor, bias: Tensor | None) -> None:
@@ -177,12 +213,12 @@ def lepe(
         return out.reshape(batch, heads, dim, height * width).transpose(2, 3)
     bh, bw = resolve_block((height, width), block)
     # [B, heads, nb, bh * bw, d]; blockify pads with zeros, the conv's own zero padding at a block edge.
-    blocks = blockify(v, (height, width), (bh, bw))
+    blocks = blockify(v, (height, width), block)
     num_blocks = blocks.shape[2]
     images = blocks.permute(0, 2, 1, 4, 3).reshape(batch * num_blocks, heads * dim, bh, bw)
     out = F.conv2d(images, weight, bias, padding=padding, groups=heads * dim)
     out = out.reshape(batch, num_blocks, heads, dim, bh * bw).permute(0, 2, 1, 4, 3)
-    return unblockify(out, (height, width), (bh, bw))
+    return unblockify(out, (height, width), block)
 
 
 def half_split(num_heads: int) -> float:

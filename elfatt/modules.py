@@ -13,7 +13,7 @@ from torch import Tensor
 
 from elfatt._checks import check_size
 from elfatt.backends import BACKENDS
-from elfatt.blocks import BlockSpec, block_from_count, resolve_block
+from elfatt.blocks import BlockCount, BlockSpec, block_from_count, resolve_block
 from elfatt.functional import elfatt, global_head_count, lepe
 
 __all__ = ["LePE", "ELFATTAttention", "DEFAULT_BLOCK", "attend_heads"]
@@ -224,6 +224,11 @@ def concrete_block(
     return resolve_block(size, block)
 
 
+def block_spec(block: Optional[NormalisedBlock], num_blocks: Optional[tuple[int, int]]) -> BlockSpec:
+    """A layer's fixed ``block``, or its ``num_blocks`` as a :class:`~elfatt.blocks.BlockCount`."""
+    return block if num_blocks is None else BlockCount(num_blocks[0], num_blocks[1])
+
+
 @torch.jit.ignore
 def check_layer_input(x: Tensor, size: tuple[int, int], dim: int, num_prefix_tokens: int) -> None:
     """Check that ``x`` is ``[B, P + H * W, dim]`` for the grid ``size`` after ``P = num_prefix_tokens`` tokens."""
@@ -271,7 +276,7 @@ def attend_heads(
         k,
         v,
         size,
-        block=concrete_block(size, block, num_blocks),
+        block=block_spec(block, num_blocks),
         split=num_global_heads / q.shape[1],
         global_lepe=None if global_weight is None else (global_weight, global_bias),
         block_lepe=None if block_weight is None else (block_weight, block_bias),

@@ -83,3 +83,20 @@ def test_block_attention_is_local_to_its_block(case: Case, generator):
     q2, k2, v2 = (torch.where(outside[:, None], x + n, x) for x, n in zip((q, k, v), noise, strict=True))
     after = elfatt.block_attention(q2, k2, v2, case.size, case.block)
     assert torch.equal(after[:, :, inside], before[:, :, inside])
+
+
+@pytest.mark.parametrize(
+    "size, block, eager_shape, export_shape",
+    [
+        ((3, 2), 4, (1, 6), (1, 16)),
+        ((5, 9), elfatt.BlockCount(4, 2), (3 * 2, 10), (4 * 2, 10)),
+        ((6, 4), (2, None), (3, 8), (3, 8)),
+    ],
+)
+def test_export_form_round_trip(size, block, eager_shape, export_shape, generator, block_form):
+    """The export form gathers whole blocks (unclipped, every counted block) and scatters them back exactly."""
+    x = torch.randn(2, 3, size[0] * size[1], 4, generator=generator)
+    blocks = elfatt.blockify(x, size, block)
+    assert tuple(blocks.shape[2:4]) == (export_shape if block_form == "export" else eager_shape)
+    assert torch.equal(elfatt.unblockify(blocks, size, block), x)
+    assert torch.count_nonzero(blocks).item() == torch.count_nonzero(x).item()

@@ -45,7 +45,7 @@ def test_global_linear_attention(case: Case, dtype, generator):
 @pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "matmul"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_block_attention(case: Case, dtype, fused, generator):
+def test_block_attention(case: Case, dtype, fused, generator, block_form):
     _check_against_reference(
         lambda q, k, v: elfatt.block_attention(q, k, v, case.size, case.block, fused=fused),
         lambda q, k, v: reference.block_attention(q, k, v, case.size, case.concrete_block),
@@ -58,7 +58,7 @@ def test_block_attention(case: Case, dtype, fused, generator):
 @pytest.mark.parametrize("per_block", [False, True], ids=["grid", "blocks"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_lepe(case: Case, dtype, per_block, generator):
+def test_lepe(case: Case, dtype, per_block, generator, block_form):
     v = case.qkv(generator, dtype)[2]
     weight, bias = _lepe_weights(case.heads * case.dim, generator, dtype)
     block, ref_block = (case.block, case.concrete_block) if per_block else (None, None)
@@ -73,7 +73,7 @@ def test_lepe(case: Case, dtype, per_block, generator):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_elfatt(case: Case, dtype, generator):
+def test_elfatt(case: Case, dtype, generator, block_form):
     global_heads = case.heads // 2
     global_lepe = _lepe_weights(global_heads * case.dim, generator, dtype)
     block_lepe = _lepe_weights((case.heads - global_heads) * case.dim, generator, dtype)
@@ -101,7 +101,7 @@ GRADCHECK_CASES = [Case(1, 2, 3, 5, 3, (2, 2)), Case(2, 2, 4, 3, 2, (None, 2))]
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=[str(c) for c in GRADCHECK_CASES])
-def test_gradcheck(case: Case, generator):
+def test_gradcheck(case: Case, generator, block_form):
     q, k, v = case.qkv(generator, torch.float64)
     weight, bias = _lepe_weights(case.heads * case.dim, generator, torch.float64)
     half = case.heads // 2 * case.dim
@@ -140,3 +140,29 @@ def test_lepe_rectangular_kernel(block, generator):
         torch.float32,
         generator,
     )
+
+
+COUNT_CASES = [
+    (Case(2, 2, 5, 9, 4, None), (4, 2)),
+    (Case(1, 3, 7, 3, 5, None), (3, 5)),
+    (Case(3, 2, 2, 2, 3, None), (1, 1)),
+]
+
+
+@pytest.mark.parametrize(
+    "case, counts", COUNT_CASES, ids=[f"{c.height}x{c.width}-count{n[0]}x{n[1]}" for c, n in COUNT_CASES]
+)
+def test_block_count_spec(case: Case, counts, generator, block_form):
+    """A BlockCount attends as the block it resolves to, also where its trailing blocks lie past the grid (5 rows
+    in 4 blocks of 2: the export form keeps an empty fourth block)."""
+    q, k, v = case.qkv(generator, torch.float32)
+    weight, bias = _lepe_weights(case.heads * case.dim, generator, torch.float32)
+    spec = elfatt.BlockCount(*counts)
+    concrete = elfatt.block_from_count(case.size, counts)
+    assert_close(
+        elfatt.block_attention(q, k, v, case.size, spec),
+        reference.block_attention(q, k, v, case.size, concrete),
+        torch.float32,
+    )
+    out = elfatt.lepe(v, case.size, weight, bias, block=spec)
+    assert_close(out, reference.lepe(v, case.size, weight, bias, concrete), torch.float32)

@@ -71,7 +71,7 @@ from elfatt.functional import (
     softmax_attention,
 )
 from elfatt.models.cswin_elfatt import init_weights, new_classifier, stage_indices
-from elfatt.modules import ELFATTAttention, NormalisedBlock, check_layer_input, concrete_block
+from elfatt.modules import ELFATTAttention, NormalisedBlock, block_spec, check_layer_input
 
 __all__ = [
     "VisionTransformerELFATT",
@@ -177,7 +177,7 @@ def attend_prefix_heads(
         v,
         size,
         num_prefix_tokens,
-        block=concrete_block(size, block, num_blocks),
+        block=block_spec(block, num_blocks),
         split=num_global_heads / q.shape[1],
         global_lepe=None if global_weight is None else (global_weight, global_bias),
         block_lepe=None if block_weight is None else (block_weight, block_bias),

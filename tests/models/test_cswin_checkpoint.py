@@ -136,11 +136,15 @@ def test_pretrained_from_a_local_file(tmp_path, generator):
     torch.testing.assert_close(model.state_dict()["stages.2.blocks.0.attn.qkv.weight"], official["stage3.0.qkv.weight"])
     assert model.pretrained_cfg["file"] == str(path)
     # Another class count: timm's loader drops the checkpoint's classifier and keeps a fresh one.
-    fresh_head = _model(num_classes=5, pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=CLASSES))
+    fresh_head = _model(
+        num_classes=5, pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=CLASSES)
+    )
     assert fresh_head.head.weight.shape == (5, 128)
     torch.testing.assert_close(fresh_head.norm.weight, official["norm.weight"])
     # One input channel: timm's loader sums the stem's RGB kernels.
     grey = _model(in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=CLASSES))
-    torch.testing.assert_close(grey.patch_embed.proj.weight, official["stage1_conv_embed.0.weight"].sum(1, keepdim=True))
+    torch.testing.assert_close(
+        grey.patch_embed.proj.weight, official["stage1_conv_embed.0.weight"].sum(1, keepdim=True)
+    )
     with pytest.raises(RuntimeError, match="No pretrained weights exist"):
         _model(pretrained=True)

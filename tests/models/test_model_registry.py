@@ -92,4 +92,8 @@ def test_core_works_without_timm():
             print("models:", error)
         """
     )
-    assert "module (2, 35, 16)" in out and "op (1, 2, 12, 8)" in out and "models: elfatt.models needs timm: pip install 'elfatt[models]'" in out
+    assert (
+        "module (2, 35, 16)" in out
+        and "op (1, 2, 12, 8)" in out
+        and "models: elfatt.models needs timm: pip install 'elfatt[models]'" in out
+    )

@@ -70,7 +70,8 @@ def _with_elfatt(source: str) -> str:
             pytest.fail(f"timm's test_models.py changed: {anchor.strip()!r} is not found exactly once")
     source = source.replace("\nimport timm\n", "\nimport timm\n" + ADDED_IMPORT)
     return source.replace(
-        "\n# transformer / hybrid models don't support", "\n" + ADDED_FAMILIES + "\n# transformer / hybrid models don't support"
+        "\n# transformer / hybrid models don't support",
+        "\n" + ADDED_FAMILIES + "\n# transformer / hybrid models don't support",
     )
 
 
