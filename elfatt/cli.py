@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from elfatt.bench.cli import OneLineErrorParser, add_arguments, run
+from elfatt.export import add_arguments as add_export_arguments
+from elfatt.export import run as run_export
 from elfatt.train.cli import add_arguments as add_train_arguments
 from elfatt.train.cli import run as run_train
 
@@ -19,7 +21,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(bench)
     train = commands.add_parser("train", help="train a classifier (image folders, digits, Long Range Arena)")
     add_train_arguments(train)
+    export = commands.add_parser("export", help="write a model's ONNX file (dynamic sizes), checked in onnxruntime")
+    add_export_arguments(export)
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return run_export(args)
     return run_train(args) if args.command == "train" else run(args)
 
 
