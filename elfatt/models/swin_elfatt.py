@@ -41,7 +41,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch.nn as nn
-
 from timm.models import generate_default_cfgs, register_model
 
 from elfatt.models.cswin_elfatt import BlockCount, CSWinELFATT, _cfg, build_hierarchical
