@@ -24,8 +24,15 @@ def _unet(pipe_or_unet: object) -> nn.Module:
 
 
 def is_patched(pipe_or_unet: object) -> bool:
-    """Whether :func:`apply_patch` is in effect on this pipeline or UNet."""
-    return hasattr(_unet(pipe_or_unet), _PATCH_ATTRIBUTE)
+    """Whether :func:`apply_patch` is in effect on this pipeline or UNet: patched, and every attention processor
+    still one of the patch's (``enable_attention_slicing`` or ``set_attn_processor`` after the patch replace them,
+    and the patch is then no longer in effect)."""
+    unet = _unet(pipe_or_unet)
+    return hasattr(unet, _PATCH_ATTRIBUTE) and _processors_are_ours(unet)
+
+
+def _processors_are_ours(unet: nn.Module) -> bool:
+    return all(isinstance(processor, ELFATTAttnProcessor) for processor in unet.attn_processors.values())
 
 
 def _check_config(config: PatchConfig) -> None:
@@ -73,10 +80,9 @@ def apply_patch(
         seed: seed of the merge's random draws.
     """
     unet = _unet(pipe_or_unet)
-    if is_patched(unet):
-        remove_patch(unet)
     config = PatchConfig(ratio, block, split, min_tokens, cross_attention, sx, sy, random_destinations, seed)
     _check_config(config)
+    remove_patch(unet)
     state = PatchState(config)
     originals = dict(unet.attn_processors)
 
@@ -91,12 +97,17 @@ def apply_patch(
 
 
 def remove_patch(pipe_or_unet: object) -> nn.Module:
-    """Restore the processors the UNet had before :func:`apply_patch`; a no-op on an unpatched UNet."""
+    """Restore the processors the UNet had before :func:`apply_patch`; a no-op on an unpatched UNet.
+
+    Where the patch's processors were since replaced (attention slicing, say), the UNet keeps those: only the
+    patch's own hook and state are removed.
+    """
     unet = _unet(pipe_or_unet)
-    if not is_patched(unet):
+    if not hasattr(unet, _PATCH_ATTRIBUTE):
         return unet
     originals, hook, _ = getattr(unet, _PATCH_ATTRIBUTE)
-    unet.set_attn_processor(dict(originals))
+    if _processors_are_ours(unet):
+        unet.set_attn_processor(dict(originals))
     hook.remove()
     delattr(unet, _PATCH_ATTRIBUTE)
     return unet

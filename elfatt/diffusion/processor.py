@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -74,6 +75,26 @@ class ELFATTAttnProcessor:
         self.state = state
         self.original = original
 
+    def _call_original(
+        self,
+        attn: object,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None,
+        attention_mask: Tensor | None,
+        temb: Tensor | None,
+        args: tuple,
+        kwargs: dict,
+    ) -> Tensor:
+        """Call the wrapped processor with only what its signature takes, as diffusers' ``Attention`` does (the
+        sliced processors take no ``temb``)."""
+        parameters = inspect.signature(self.original.__call__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        options = dict(kwargs, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, temb=temb)
+        options = {name: value for name, value in options.items() if takes_any or name in parameters}
+        if temb is None and "temb" not in parameters:
+            options.pop("temb", None)
+        return self.original(attn, hidden_states, *args, **options)
+
     def _unsupported(self, attn: torch.nn.Module, attention_mask: Tensor | None) -> bool:
         extras = ("spatial_norm", "group_norm", "norm_q", "norm_k", "norm_added_q", "add_q_proj")
         return attention_mask is not None or any(getattr(attn, name, None) is not None for name in extras)
@@ -103,7 +124,7 @@ class ELFATTAttnProcessor:
             or (is_cross and not config.cross_attention)
             or self._unsupported(attn, attention_mask)
         ):
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            return self._call_original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, args, kwargs)
 
         residual = hidden_states
         image_layout = hidden_states.shape if hidden_states.ndim == 4 else None

@@ -162,3 +162,35 @@ def test_rejects_objects_without_a_unet():
 def test_importing_elfatt_does_not_import_diffusers_or_triton():
     code = "import sys, elfatt, elfatt.bench.cli; assert not {'diffusers', 'triton'} & set(sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_bad_options_leave_an_existing_patch_in_place():
+    unet = apply_patch(tiny_unet(), min_tokens=1, block=4)
+    with pytest.raises(ValueError, match="ratio"):
+        apply_patch(unet, ratio=1.0)
+    assert is_patched(unet) and patch_config(unet).block == 4
+
+
+def test_attention_slicing_after_the_patch_is_seen_and_slicing_before_it_composes():
+    """diffusers' attention slicing replaces every processor: after apply_patch it ends the patch, and
+    is_patched says so; before apply_patch the patch wraps the sliced processors."""
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    sample, step, context = _inputs(12, 20)
+    unet = apply_patch(tiny_unet(), min_tokens=1, block=4)
+    unet.set_attention_slice(1)
+    assert not is_patched(unet) and patch_config(unet) is None
+    sliced = dict(unet.attn_processors)
+    remove_patch(unet)
+    assert all(unet.attn_processors[name] is processor for name, processor in sliced.items())
+    with torch.no_grad():
+        reference = tiny_unet()
+        reference.set_attention_slice(1)
+        plain = reference(sample, step, context).sample
+        apply_patch(reference, min_tokens=1, block=4)
+        assert is_patched(reference)
+        patched = reference(sample, step, context).sample
+        remove_patch(reference)
+        assert torch.equal(reference(sample, step, context).sample, plain)
+    assert all(isinstance(p, SlicedAttnProcessor) for p in reference.attn_processors.values())
+    assert not torch.equal(patched, plain)
