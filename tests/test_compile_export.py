@@ -97,7 +97,8 @@ def test_export_and_onnx_with_dynamic_sizes(layout, tmp_path, generator):
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
         path = tmp_path / f"{layout}.onnx"
-        torch.onnx.export(program, (example,), str(path), dynamo=True)
+        # the model itself, as users call it: a fallback to a trace of the example's sizes would fail below
+        torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=dynamic)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch, size in [(3, (13, 22)), (1, (20, 20)), (2, (5, 7))]:
         x = torch.randn(batch, 32, *size, generator=generator)
