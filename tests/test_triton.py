@@ -79,3 +79,23 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA tensors"):
         resolve_backend("triton", torch.randn(1))
+
+
+def test_triton_second_order_gradients_match_torch(generator):
+    """The backward is differentiable: gradients of a gradient (``create_graph=True``) as the torch backend's."""
+    q, k, v = Case(2, 2, 5, 7, 6, 1).qkv(generator, torch.float32)
+    grads = []
+    for backend in ("triton", "torch"):
+        inputs = _on_device([q, k, v])
+        out = elfatt.global_linear_attention(*inputs, backend=backend)
+        first = torch.autograd.grad(out.square().sum(), inputs, create_graph=True)
+        grads.append(torch.autograd.grad(sum(g.square().sum() for g in first), inputs))
+    for name, got, expected in zip("qkv", *grads, strict=True):
+        assert_close(got.cpu(), expected.cpu(), torch.float32, f"second-order gradient of {name}")
+
+
+def test_float64_goes_to_torch():
+    x = torch.randn(1, dtype=torch.float64, device=DEVICE)
+    assert resolve_backend("auto", x) == "torch"
+    with pytest.raises(ValueError, match="float64 inputs run with backend='torch'"):
+        resolve_backend("triton", x)

@@ -1,6 +1,6 @@
 """Kernel backends of the global linear part: ``"torch"`` (always there), ``"triton"`` (the ``triton`` extra).
 
-``"auto"`` picks Triton for CUDA tensors when Triton is installed, PyTorch otherwise.
+``"auto"`` picks Triton for CUDA tensors (float32 and narrower) when Triton is installed, PyTorch otherwise.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import importlib.util
 import os
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 __all__ = ["BACKENDS", "triton_available", "resolve_backend", "triton_global_linear_attention"]
@@ -30,8 +31,10 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if x.is_cuda and triton_available() else "torch"
+        return "triton" if x.is_cuda and x.dtype != torch.float64 and triton_available() else "torch"
     if backend == "triton":
+        if x.dtype == torch.float64:
+            raise ValueError("backend='triton' computes in float32; float64 inputs run with backend='torch' or 'auto'")
         if not triton_available():
             raise ValueError("backend='triton' needs the triton package: pip install 'elfatt[triton]'")
         if not (x.is_cuda or _interpreting()):

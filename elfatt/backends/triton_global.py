@@ -133,21 +133,24 @@ class GlobalLinearAttention(torch.autograd.Function):
 
     With ``A = softmax_row(Q)``, ``S = softmax_col(K)``, ``C = S^T V`` and ``O = A C``:
     ``dA = dO C^T``, ``dC = A^T dO``, ``dQ = A * (dA - rowsum(dA * A))``, ``dS = V dC^T``, ``dV = S dC``,
-    ``dK = S * (dS - colsum(dS * S))``. Only q, k, v and the small context are kept between the passes.
+    ``dK = S * (dS - colsum(dS * S))``. Only q, k, v are kept between the passes; the backward recomputes the
+    context in PyTorch from them, so under ``create_graph=True`` it is itself differentiable and second-order
+    gradients are exact.
     """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, block_n: int) -> Tensor:  # type: ignore[override]
-        out, context = _forward(q, k, v, block_n)
-        ctx.save_for_backward(q, k, v, context)
+        out, _ = _forward(q, k, v, block_n)
+        ctx.save_for_backward(q, k, v)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
-        q, k, v, context = ctx.saved_tensors
+        q, k, v = ctx.saved_tensors
         grad_out = grad_out.float()
         query_weights = q.float().softmax(dim=-1)
         key_weights = k.float().softmax(dim=-2)
+        context = key_weights.transpose(-2, -1) @ v.float()
         grad_query_weights = grad_out @ context.transpose(-2, -1)
         grad_context = query_weights.transpose(-2, -1) @ grad_out
         grad_q = query_weights * (grad_query_weights - (grad_query_weights * query_weights).sum(-1, keepdim=True))

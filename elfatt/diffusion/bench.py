@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latents", nargs="+", default=["64x64", "128x128"], help="latent sizes HxW")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.0], help="merge ratios of the patch")
     parser.add_argument("--block", type=int, default=16)
-    parser.add_argument("--min-tokens", type=int, default=4096)
+    parser.add_argument("--max-downsample", type=int, default=1, help="patch the UNet levels downsampled at most this")
     parser.add_argument("--batch", type=int, default=2, help="2: classifier-free guidance's pair")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_step, base_attention, base_out = _measure(unet, inputs, args.repeats)
         variants = [("original", base_step, base_attention, 0.0)]
         for ratio in args.ratios:
-            apply_patch(unet, ratio=ratio, block=args.block, min_tokens=args.min_tokens)
+            apply_patch(unet, ratio=ratio, block=args.block, max_downsample=args.max_downsample)
             step, attention, out = _measure(unet, inputs, args.repeats)
             difference = ((out - base_out).norm() / base_out.norm()).item()
             variants.append((f"elfatt ratio={ratio:g}", step, attention, difference))

@@ -83,7 +83,7 @@ def bipartite_soft_matching_2d(
     sy: int = 2,
     generator: torch.Generator | None = None,
 ) -> TokenMerge:
-    """Plan a merge of ``round(ratio * N)`` tokens (at most all sources) of ``metric`` ``[B, N, C]`` on ``size``.
+    """Plan a merge of ``int(ratio * N)`` tokens (ToMe-SD's count) (at most all sources) of ``metric`` ``[B, N, C]`` on ``size``.
 
     Args:
         metric: the tokens whose cosine similarity decides the matching.
@@ -100,7 +100,7 @@ def bipartite_soft_matching_2d(
     is_dst = _destination_mask(size, sy, sx, generator).to(metric.device)
     dst_indices = is_dst.nonzero()[:, 0].reshape(1, -1, 1)
     src_indices = (~is_dst).nonzero()[:, 0].reshape(1, -1, 1)
-    r = min(round(ratio * tokens), src_indices.shape[1]) if dst_indices.shape[1] else 0
+    r = min(int(ratio * tokens), src_indices.shape[1]) if dst_indices.shape[1] else 0
     with torch.no_grad():
         normed = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         src = normed.gather(1, src_indices.expand(batch, -1, normed.shape[-1]))

@@ -7,7 +7,7 @@ import dataclasses
 from torch import nn
 
 from elfatt.blocks import BlockSpec, resolve_block
-from elfatt.diffusion.processor import ELFATTAttnProcessor, PatchConfig, PatchState
+from elfatt.diffusion.processor import ELFATTAttnProcessor, LatentSizeHooks, PatchConfig, PatchState
 
 __all__ = ["apply_patch", "remove_patch", "is_patched", "patch_config"]
 
@@ -38,8 +38,10 @@ def _processors_are_ours(unet: nn.Module) -> bool:
 def _check_config(config: PatchConfig) -> None:
     if not 0.0 <= config.ratio < 1.0:
         raise ValueError(f"ratio must lie in [0, 1), got {config.ratio}")
-    if config.min_tokens < 1:
-        raise ValueError(f"min_tokens must be >= 1, got {config.min_tokens}")
+    if config.min_tokens is not None and config.min_tokens < 1:
+        raise ValueError(f"min_tokens must be >= 1 (or None), got {config.min_tokens}")
+    if config.max_downsample < 1 or config.max_downsample & (config.max_downsample - 1):
+        raise ValueError(f"max_downsample must be a power of two (1, 2, 4, 8), got {config.max_downsample}")
     if config.sx < 1 or config.sy < 1:
         raise ValueError(f"sx and sy must be >= 1, got sx={config.sx}, sy={config.sy}")
     if not 0.0 <= config.split <= 1.0:
@@ -53,7 +55,8 @@ def apply_patch(
     ratio: float = 0.5,
     block: BlockSpec = 16,
     split: float = 0.5,
-    min_tokens: int = 4096,
+    max_downsample: int = 1,
+    min_tokens: int | None = None,
     cross_attention: bool = False,
     sx: int = 2,
     sy: int = 2,
@@ -72,7 +75,10 @@ def apply_patch(
         block: block of the softmax heads, in latent tokens of the layer's level.
         split: fraction of each layer's heads that run global linear attention, rounded down (SD 2's 5-head
             layers get 2 global heads at 0.5).
-        min_tokens: layers with fewer tokens keep their original attention (4096: the 64x64 level of SD at 512px).
+        max_downsample: patch the layers of the UNet levels downsampled at most this much from the latent, as
+            ToMe-SD's ``max_downsample``: 1 (the top level: SD's 64x64 at 512 pixels, 48x64 at 384x512), 2, 4 or 8.
+            The choice follows the level, so it holds at every image size.
+        min_tokens: also leave alone the layers with fewer tokens; None for no such bound.
         cross_attention: also merge the queries of cross-attention layers (their text keys stay exact).
         sx, sy: token-merging cell; one destination token per cell.
         random_destinations: draw each cell's destination at random (seeded by ``seed``), as ToMe-SD does;
@@ -80,19 +86,29 @@ def apply_patch(
         seed: seed of the merge's random draws.
     """
     unet = _unet(pipe_or_unet)
-    config = PatchConfig(ratio, block, split, min_tokens, cross_attention, sx, sy, random_destinations, seed)
+    config = PatchConfig(
+        ratio=ratio,
+        block=block,
+        split=split,
+        max_downsample=max_downsample,
+        min_tokens=min_tokens,
+        cross_attention=cross_attention,
+        sx=sx,
+        sy=sy,
+        random_destinations=random_destinations,
+        seed=seed,
+    )
     _check_config(config)
     remove_patch(unet)
     state = PatchState(config)
     originals = dict(unet.attn_processors)
-
-    def record_latent_size(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs["sample"]
-        state.latent_size = (sample.shape[-2], sample.shape[-1])
-
-    hook = unet.register_forward_pre_hook(record_latent_size, with_kwargs=True)
+    hooks = LatentSizeHooks(state)
+    handles = (
+        unet.register_forward_pre_hook(hooks.before, with_kwargs=True),
+        unet.register_forward_hook(hooks.after, with_kwargs=True),
+    )
     unet.set_attn_processor({name: ELFATTAttnProcessor(state, original) for name, original in originals.items()})
-    setattr(unet, _PATCH_ATTRIBUTE, (originals, hook, state))
+    setattr(unet, _PATCH_ATTRIBUTE, (originals, handles, state))
     return unet
 
 
@@ -105,10 +121,11 @@ def remove_patch(pipe_or_unet: object) -> nn.Module:
     unet = _unet(pipe_or_unet)
     if not hasattr(unet, _PATCH_ATTRIBUTE):
         return unet
-    originals, hook, _ = getattr(unet, _PATCH_ATTRIBUTE)
+    originals, handles, _ = getattr(unet, _PATCH_ATTRIBUTE)
     if _processors_are_ours(unet):
         unet.set_attn_processor(dict(originals))
-    hook.remove()
+    for handle in handles:
+        handle.remove()
     delattr(unet, _PATCH_ATTRIBUTE)
     return unet
 

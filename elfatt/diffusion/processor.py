@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +15,7 @@ from elfatt.blocks import BlockSpec, resolve_block
 from elfatt.diffusion.merge import TokenMerge, bipartite_soft_matching_2d
 from elfatt.functional import block_attention, global_linear_attention
 
-__all__ = ["PatchConfig", "PatchState", "ELFATTAttnProcessor", "latent_grid"]
+__all__ = ["PatchConfig", "PatchState", "ELFATTAttnProcessor", "LatentSizeHooks", "latent_grid", "latent_level"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class PatchConfig:
     ratio: float = 0.5
     block: BlockSpec = 16
     split: float = 0.5
-    min_tokens: int = 4096
+    max_downsample: int = 1
+    min_tokens: int | None = None
     cross_attention: bool = False
     sx: int = 2
     sy: int = 2
@@ -38,21 +40,52 @@ class PatchState:
 
     config: PatchConfig
     latent_size: tuple[int, int] | None = None
+    warned_no_latent: bool = False
     generator: torch.Generator = field(default_factory=torch.Generator)
 
     def __post_init__(self) -> None:
         self.generator.manual_seed(self.config.seed)
 
 
-def latent_grid(latent_size: tuple[int, int], tokens: int, max_levels: int = 8) -> tuple[int, int] | None:
-    """The token grid of a UNet level with ``tokens`` tokens: the latent halved (rounding up, as stride-2
-    convolutions with padding 1 do) until the count matches; None if no level matches."""
+def latent_level(latent_size: tuple[int, int], tokens: int, max_levels: int = 8) -> int | None:
+    """The UNet level with ``tokens`` tokens: how many times the latent is halved (rounding up, as stride-2
+    convolutions with padding 1 do) before the count matches, 0 for the latent itself; None if no level does."""
     height, width = latent_size
-    for _ in range(max_levels):
+    for level in range(max_levels):
         if height * width == tokens:
-            return height, width
+            return level
         height, width = math.ceil(height / 2), math.ceil(width / 2)
     return None
+
+
+def latent_grid(latent_size: tuple[int, int], tokens: int, max_levels: int = 8) -> tuple[int, int] | None:
+    """The token grid of the UNet level with ``tokens`` tokens (see :func:`latent_level`); None if no level."""
+    level = latent_level(latent_size, tokens, max_levels)
+    if level is None:
+        return None
+    height, width = latent_size
+    for _ in range(level):
+        height, width = math.ceil(height / 2), math.ceil(width / 2)
+    return height, width
+
+
+class LatentSizeHooks:
+    """The UNet's forward pre-hook and hook: the latent size of each call, for the processors, cleared after it.
+
+    An object rather than a closure, so that ``copy.deepcopy`` of a patched UNet gives the copy hooks that feed
+    the copy's own state. A call that bypasses the hooks (``unet.forward(...)``) thus finds no size, never a
+    stale one, and runs the original attention.
+    """
+
+    def __init__(self, state: PatchState) -> None:
+        self.state = state
+
+    def before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        self.state.latent_size = (sample.shape[-2], sample.shape[-1])
+
+    def after(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        self.state.latent_size = None
 
 
 class ELFATTAttnProcessor:
@@ -66,8 +99,8 @@ class ELFATTAttnProcessor:
     no pretrained weights, and a zero-initialised LePE adds exactly nothing.
 
     Layers and calls it does not cover go to the layer's original processor unchanged: attention masks, group
-    or spatial norms, q/k norms, fewer than ``min_tokens`` tokens, a token count that is no level of the
-    latent, and cross-attention unless ``cross_attention`` is set (then only the queries are merged and the
+    or spatial norms, q/k norms, levels downsampled more than ``max_downsample`` (or with fewer than
+    ``min_tokens`` tokens, when given), a token count that is no level of the latent, and cross-attention unless ``cross_attention`` is set (then only the queries are merged and the
     text keys are attended exactly).
     """
 
@@ -111,16 +144,12 @@ class ELFATTAttnProcessor:
     ) -> Tensor:
         config = self.state.config
         is_cross = encoder_hidden_states is not None
-        if hidden_states.ndim == 4:
-            grid: tuple[int, int] | None = (hidden_states.shape[2], hidden_states.shape[3])
-            tokens = grid[0] * grid[1]
-        else:
-            tokens = hidden_states.shape[1]
-            size = self.state.latent_size
-            grid = None if size is None else latent_grid(size, tokens)
+        grid, level = self._grid_and_level(hidden_states)
         if (
             grid is None
-            or tokens < config.min_tokens
+            or level is None
+            or 2**level > config.max_downsample
+            or (config.min_tokens is not None and grid[0] * grid[1] < config.min_tokens)
             or (is_cross and not config.cross_attention)
             or self._unsupported(attn, attention_mask)
         ):
@@ -142,6 +171,22 @@ class ELFATTAttnProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+    def _grid_and_level(self, hidden_states: Tensor) -> tuple[tuple[int, int] | None, int | None]:
+        """The token grid of this call and its UNet level, from the latent size of the running UNet call."""
+        size = self.state.latent_size
+        if size is None:
+            if not self.state.warned_no_latent:
+                self.state.warned_no_latent = True
+                warnings.warn(
+                    "elfatt.diffusion: the patched UNet was called without its forward hooks (unet.forward(...)?), "
+                    "so the latent size is unknown; these calls run the original attention",
+                    stacklevel=3,
+                )
+            return None, None
+        tokens = hidden_states.shape[2] * hidden_states.shape[3] if hidden_states.ndim == 4 else hidden_states.shape[1]
+        level = latent_level(size, tokens)
+        return (None, None) if level is None else (latent_grid(size, tokens), level)
 
     def _plan_merge(self, hidden_states: Tensor, grid: tuple[int, int]) -> TokenMerge:
         config = self.state.config

@@ -19,7 +19,7 @@ def test_merge_counts_and_unmerge(size, ratio):
     plan = bipartite_soft_matching_2d(x, size, ratio, generator=generator)
     merged = plan.merge(x)
     sources = tokens - (size[0] // 2) * (size[1] // 2)
-    removed = min(round(ratio * tokens), sources) if (size[0] // 2) * (size[1] // 2) else 0
+    removed = min(int(ratio * tokens), sources) if (size[0] // 2) * (size[1] // 2) else 0
     assert merged.shape == (3, tokens - removed, 6)
     restored = plan.unmerge(merged)
     assert restored.shape == x.shape
@@ -59,3 +59,9 @@ def test_latent_grid_follows_stride_two_downsampling(latent, tokens, expected):
 
 def test_latent_grid_unknown_count():
     assert latent_grid((64, 64), 1000) is None
+
+
+def test_merge_count_is_tome_sds():
+    """int(ratio * N), as ToMe-SD: 15 tokens at 0.5 merge 7 (round would give 8)."""
+    plan = bipartite_soft_matching_2d(torch.randn(1, 15, 4), (3, 5), 0.5)
+    assert plan.merge(torch.randn(1, 15, 4)).shape[1] == 15 - 7

@@ -194,3 +194,67 @@ def test_attention_slicing_after_the_patch_is_seen_and_slicing_before_it_compose
         assert torch.equal(reference(sample, step, context).sample, plain)
     assert all(isinstance(p, SlicedAttnProcessor) for p in reference.attn_processors.values())
     assert not torch.equal(patched, plain)
+
+
+def two_level_unet() -> UNet2DConditionModel:
+    """Attention at two UNet levels (and the mid block), as SD has it at several."""
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+
+
+@pytest.mark.parametrize("latent", [(48, 64), (104, 152)], ids=["sd-384x512", "sdxl-832x1216"])
+def test_layers_are_chosen_by_level_at_any_latent_size(latent, monkeypatch):
+    """max_downsample=1 patches the top level's three self-attention layers (one down, two up) at 384x512 and at
+    SDXL's 832x1216 bucket, where a 4096-token threshold patched none; 2 adds the half-size level's four
+    (one down, the mid block's, two up)."""
+    seen = []
+    real = processor_module.block_attention
+
+    def spy(q, k, v, size, block, **kwargs):
+        seen.append(size)
+        return real(q, k, v, size, block, **kwargs)
+
+    monkeypatch.setattr(processor_module, "block_attention", spy)
+    unet = two_level_unet()
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, *latent, generator=generator)
+    context = torch.randn(1, 3, 16, generator=generator)
+    half = ((latent[0] + 1) // 2, (latent[1] + 1) // 2)
+    with torch.no_grad():
+        for max_downsample, expected in ((1, [latent] * 3), (2, [latent] * 3 + [half] * 4)):
+            seen.clear()
+            apply_patch(unet, max_downsample=max_downsample, ratio=0.0, block=8)
+            unet(sample, torch.tensor(10), context)
+            assert sorted(seen) == sorted(expected), max_downsample
+
+
+def test_a_deep_copy_and_a_direct_forward_never_use_a_stale_latent_size():
+    import copy
+
+    sample, step, context = _inputs(12, 20)
+    unet = tiny_unet()
+    with torch.no_grad():
+        plain = unet(sample, step, context).sample
+        apply_patch(unet, block=4, ratio=0.0)
+        patched = unet(_inputs(16, 16)[0], step, context).sample  # leaves no size behind
+        patched = unet(sample, step, context).sample
+        twin = copy.deepcopy(unet)
+        # a stale size moves the output by ~0.15; the copy's own kernels round differently by ~1e-7
+        torch.testing.assert_close(twin(sample, step, context).sample, patched, rtol=1e-5, atol=1e-5)
+        other = _inputs(9, 7)[0]
+        torch.testing.assert_close(
+            twin(other, step, context).sample, unet(other, step, context).sample, rtol=1e-5, atol=1e-5
+        )
+        with pytest.warns(UserWarning, match="without its forward hooks"):
+            direct = unet.forward(sample, step, context).sample
+    assert torch.equal(direct, plain) and not torch.equal(patched, plain)
