@@ -83,7 +83,8 @@ def bipartite_soft_matching_2d(
     sy: int = 2,
     generator: torch.Generator | None = None,
 ) -> TokenMerge:
-    """Plan a merge of ``int(ratio * N)`` tokens (ToMe-SD's count) (at most all sources) of ``metric`` ``[B, N, C]`` on ``size``.
+    """Plan a merge of ``int(ratio * N)`` tokens (ToMe-SD's count; at most all sources) of ``metric`` ``[B, N, C]``
+    on ``size``.
 
     Args:
         metric: the tokens whose cosine similarity decides the matching.

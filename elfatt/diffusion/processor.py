@@ -100,8 +100,8 @@ class ELFATTAttnProcessor:
 
     Layers and calls it does not cover go to the layer's original processor unchanged: attention masks, group
     or spatial norms, q/k norms, levels downsampled more than ``max_downsample`` (or with fewer than
-    ``min_tokens`` tokens, when given), a token count that is no level of the latent, and cross-attention unless ``cross_attention`` is set (then only the queries are merged and the
-    text keys are attended exactly).
+    ``min_tokens`` tokens, when given), a token count that is no level of the latent, and cross-attention
+    unless ``cross_attention`` is set (then only the queries are merged and the text keys are attended exactly).
     """
 
     def __init__(self, state: PatchState, original: object) -> None:
