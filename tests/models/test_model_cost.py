@@ -7,6 +7,7 @@ which FlashAttention does. CSWin-S is not in the paper.
 from __future__ import annotations
 
 import pytest
+import torch
 from model_helpers import count_params_flops, meta_device  # noqa: F401
 
 import elfatt.models as models
@@ -54,3 +55,12 @@ def test_other_variants_parameters(meta_device):  # noqa: F811
     assert counts["cswin_elfatt_small_224"] == pytest.approx(34.6, abs=0.1)
     assert counts["swin_elfatt_small_224"] == pytest.approx(51.6, abs=0.1)
     assert counts["cswin_elfatt_base_384"] == counts["cswin_elfatt_base_224"]
+
+
+def test_reset_classifier_keeps_device_dtype_and_mode_in_every_variant(meta_device):  # noqa: F811
+    for name in models.list_models("*_elfatt_*"):
+        model = models.create_model(name, dtype=torch.float64).train()
+        model.reset_classifier(7)
+        head = model.get_classifier()
+        assert (head.weight.device.type, head.weight.dtype, head.training) == ("meta", torch.float64, True), name
+        assert head.out_features == 7, name
