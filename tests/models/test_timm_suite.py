@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import timm
 
+import elfatt.models  # noqa: F401  (registers the variants, for ELFATT_TIMM_SUITE=all)
+
 ADDED_IMPORT = "import elfatt.models  # added by elfatt: registers the ELFATT models with timm\n"
 ADDED_FAMILIES = "FEAT_INTER_FILTERS += ['cswin_elfatt', 'swin_elfatt', 'vit_elfatt']  # added by elfatt\n"
 TINY = ["cswin_elfatt_tiny_224", "swin_elfatt_tiny_224", "vit_elfatt_tiny_patch16_224"]
