@@ -77,6 +77,15 @@ def test_onnx_export_with_dynamic_sizes_runs_in_onnxruntime(name, tmp_path, gene
     assert check_onnx(result["path"], model, torch.randn(3, 3, *third, generator=generator)) < 1e-4
 
 
+@pytest.mark.skipif(not SLOW, reason="ELFATT_SLOW_TESTS=1: 3 to 11 minutes per model on 2 cores")
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_full_size_tiny_variants_export_with_dynamic_sizes(name, tmp_path):
+    """The T variants themselves, as ``elfatt export`` writes them: checked at the example size and a second."""
+    pytest.importorskip("onnxruntime")
+    result = export_onnx(name, tmp_path / f"{name}.onnx", image_size=(64, 96) if name.startswith("vit") else (128, 96))
+    assert len(result["checked"]) == 2 and all(error < 1e-4 for error in result["checked"].values())
+
+
 def test_export_checks_its_inputs(tmp_path):
     model = _model("cswin_elfatt_tiny_224")
     with pytest.raises(ValueError, match="need a model name"):
