@@ -256,6 +256,7 @@ def elfatt(
     split: float = 0.5,
     global_lepe: LePEWeights | None = None,
     block_lepe: LePEWeights | None = None,
+    num_prefix_tokens: int = 0,
     dropout_p: float = 0.0,
     fused: bool = True,
     backend: str = "auto",
@@ -265,34 +266,49 @@ def elfatt(
     The first ``heads * split`` heads are global linear heads (:func:`global_linear_attention` plus LePE on
     the whole grid), the rest blockified softmax heads (:func:`block_attention` plus LePE on each block).
 
+    ``P = num_prefix_tokens`` extra tokens (a ViT's class token, registers) may come before the grid, as NATTEN's
+    additional keys: global heads attend over all ``P + H * W`` tokens (LePE added to the grid's); in the block
+    heads the prefix queries attend all keys with exact softmax and the grid queries their block of the grid.
+
     Args:
-        q, k, v: ``[B, heads, N, d]``, ``N == H * W``.
-        size: the grid ``(H, W)``.
-        block: block of the softmax heads: ``(bh, bw)``, an int, ``None`` for a whole side.
+        q, k, v: ``[B, heads, P + H * W, d]``, prefix tokens first.
+        size: the grid ``(H, W)`` of the last ``H * W`` tokens.
+        block: block of the softmax heads: ``(bh, bw)``, an int, ``None`` for a whole side, or a ``BlockCount``.
         split: fraction of heads that are global linear heads (0 gives only blocks, 1 only global heads).
         global_lepe: ``(weight, bias)`` of the global heads' LePE, weight ``[global_heads * d, 1, k, k]``;
             None for no LePE.
         block_lepe: ``(weight, bias)`` of the block heads' LePE, weight ``[block_heads * d, 1, k, k]``.
+        num_prefix_tokens: ``P >= 0``.
         dropout_p: dropout on the block heads' attention probabilities.
         fused: SDPA for the block heads when True, plain matmuls when False.
         backend: kernels of the global heads, see :func:`global_linear_attention`.
 
     Returns:
-        ``[B, heads, N, d_v]``, global heads first.
+        ``[B, heads, P + H * W, d_v]``, global heads first.
     """
-    check_qkv(q, k, v, size)
+    prefix = num_prefix_tokens
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+        raise ValueError(f"num_prefix_tokens must be an int >= 0, got {prefix!r}")
+    check_qkv(q, k, v)
+    check_tokens(q[:, :, prefix:], size, "q after its prefix tokens" if prefix else "q")
     num_global = global_head_count(q.shape[1], split)
     parts = []
     if num_global:
-        q_global, k_global, v_global = q[:, :num_global], k[:, :num_global], v[:, :num_global]
-        out = global_linear_attention(q_global, k_global, v_global, backend=backend)
+        v_global = v[:, :num_global]
+        out = global_linear_attention(q[:, :num_global], k[:, :num_global], v_global, backend=backend)
         if global_lepe is not None:
-            out = out + lepe(v_global, size, *global_lepe)
+            grid_lepe = lepe(v_global[:, :, prefix:], size, *global_lepe)
+            out = out + grid_lepe if not prefix else torch.cat([out[:, :, :prefix], out[:, :, prefix:] + grid_lepe], 2)
         parts.append(out)
     if num_global < q.shape[1]:
         q_block, k_block, v_block = q[:, num_global:], k[:, num_global:], v[:, num_global:]
-        out = block_attention(q_block, k_block, v_block, size, block, dropout_p=dropout_p, fused=fused)
+        q_grid, k_grid, v_grid = (x[:, :, prefix:] for x in (q_block, k_block, v_block))
+        out = block_attention(q_grid, k_grid, v_grid, size, block, dropout_p=dropout_p, fused=fused)
         if block_lepe is not None:
-            out = out + lepe(v_block, size, *block_lepe, block=block)
+            out = out + lepe(v_grid, size, *block_lepe, block=block)
+        if prefix:
+            # [B, block heads, P, d_v]: the prefix queries see every key, exact softmax.
+            prefix_out = softmax_attention(q_block[:, :, :prefix], k_block, v_block, dropout_p=dropout_p, fused=fused)
+            out = torch.cat([prefix_out, out], dim=2)
         parts.append(out)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -172,6 +172,7 @@ class ELFATTAttention(nn.Module):
             k,
             v,
             size,
+            0,
             self._block,
             self._num_blocks,
             self.num_global_heads,
@@ -250,6 +251,7 @@ def attend_heads(
     k: Tensor,
     v: Tensor,
     size: tuple[int, int],
+    num_prefix_tokens: int,
     block: Optional[NormalisedBlock],
     num_blocks: Optional[tuple[int, int]],
     num_global_heads: int,
@@ -264,8 +266,9 @@ def attend_heads(
     """:func:`~elfatt.functional.elfatt` with a layer's settings as plain arguments, so scripted layers can call it.
 
     Args:
-        q, k, v: ``[B, heads, H * W, d]``.
+        q, k, v: ``[B, heads, P + H * W, d]``.
         size: the grid ``(H, W)``.
+        num_prefix_tokens: ``P``, tokens before the grid (0 for none).
         block, num_blocks: the layer's fixed block or block count (see :func:`concrete_block`).
         num_global_heads: how many of the heads, first, are global linear heads.
         global_weight, global_bias, block_weight, block_bias: the two LePE convs (None for none).
@@ -278,6 +281,7 @@ def attend_heads(
         size,
         block=block_spec(block, num_blocks),
         split=num_global_heads / q.shape[1],
+        num_prefix_tokens=num_prefix_tokens,
         global_lepe=None if global_weight is None else (global_weight, global_bias),
         block_lepe=None if block_weight is None else (block_weight, block_bias),
         dropout_p=dropout_p,

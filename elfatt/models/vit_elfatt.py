@@ -42,7 +42,7 @@ Licence: MIT.
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -58,20 +58,13 @@ from timm.models import (
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from elfatt._checks import check_size, pair
+from elfatt._checks import pair
 from elfatt.blocks import BlockSpec, block_from_count, resolve_block
 from elfatt.functional import (
-    LePEWeights,
-    block_attention,
-    elfatt,
-    global_head_count,
-    global_linear_attention,
     half_split,
-    lepe,
-    softmax_attention,
 )
 from elfatt.models.cswin_elfatt import init_weights, new_classifier, stage_indices
-from elfatt.modules import ELFATTAttention, NormalisedBlock, block_spec, check_layer_input
+from elfatt.modules import ELFATTAttention, attend_heads, check_layer_input
 
 __all__ = [
     "VisionTransformerELFATT",
@@ -79,112 +72,12 @@ __all__ = [
     "PrefixELFATTAttention",
     "TimmELFATTAttention",
     "PatchEmbed",
-    "prefix_elfatt",
     "patch_timm_vit",
     "checkpoint_filter_fn",
 ]
 
 # Blocks of the softmax heads when neither a count nor a size is given: four windows, 7x7 at 224.
 DEFAULT_NUM_BLOCKS = (2, 2)
-
-
-def prefix_elfatt(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    size: tuple[int, int],
-    num_prefix_tokens: int = 0,
-    *,
-    block: BlockSpec,
-    split: float = 0.5,
-    global_lepe: LePEWeights | None = None,
-    block_lepe: LePEWeights | None = None,
-    dropout_p: float = 0.0,
-    fused: bool = True,
-    backend: str = "auto",
-) -> Tensor:
-    """ELFATT over ``P`` prefix tokens followed by an ``(H, W)`` grid of tokens (see the module docstring).
-
-    Global heads: global linear attention over all ``P + N`` tokens, LePE added to the grid tokens. Block heads:
-    grid queries attend inside their block of the grid (:func:`~elfatt.functional.block_attention`), prefix
-    queries to all ``P + N`` keys (:func:`~elfatt.functional.softmax_attention`). With ``P = 0`` this is
-    :func:`~elfatt.functional.elfatt`.
-
-    Args:
-        q, k, v: ``[B, heads, P + H * W, d]``, the prefix tokens first.
-        size: the grid ``(H, W)`` of the last ``H * W`` tokens.
-        num_prefix_tokens: ``P``.
-        block, split, global_lepe, block_lepe, dropout_p, fused, backend: as for :func:`~elfatt.functional.elfatt`.
-
-    Returns:
-        ``[B, heads, P + H * W, d_v]``, global heads first.
-    """
-    options = dict(block=block, split=split, global_lepe=global_lepe, block_lepe=block_lepe, fused=fused)
-    if num_prefix_tokens == 0:
-        return elfatt(q, k, v, size, dropout_p=dropout_p, backend=backend, **options)
-    height, width = check_size(size)
-    prefix = num_prefix_tokens
-    if prefix < 0 or q.dim() != 4 or q.shape[2] != prefix + height * width:
-        raise ValueError(
-            f"expected {prefix} prefix tokens and a {height}x{width} grid, {prefix + height * width} tokens in all; "
-            f"got q of shape {tuple(q.shape)}"
-        )
-    num_global = global_head_count(q.shape[1], split)
-    parts = []
-    if num_global:
-        v_global = v[:, :num_global]
-        out = global_linear_attention(q[:, :num_global], k[:, :num_global], v_global, backend=backend)
-        if global_lepe is not None:
-            grid_out = out[:, :, prefix:] + lepe(v_global[:, :, prefix:], size, *global_lepe)
-            out = torch.cat([out[:, :, :prefix], grid_out], dim=2)
-        parts.append(out)
-    if num_global < q.shape[1]:
-        q_block, k_block, v_block = q[:, num_global:], k[:, num_global:], v[:, num_global:]
-        v_grid = v_block[:, :, prefix:]
-        # [B, block heads, P, d_v]: the prefix queries see every key, exact softmax.
-        prefix_out = softmax_attention(q_block[:, :, :prefix], k_block, v_block, dropout_p=dropout_p, fused=fused)
-        grid_out = block_attention(
-            q_block[:, :, prefix:], k_block[:, :, prefix:], v_grid, size, block, dropout_p=dropout_p, fused=fused
-        )
-        if block_lepe is not None:
-            grid_out = grid_out + lepe(v_grid, size, *block_lepe, block=block)
-        parts.append(torch.cat([prefix_out, grid_out], dim=2))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-
-@torch.jit.ignore
-def attend_prefix_heads(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    size: tuple[int, int],
-    num_prefix_tokens: int,
-    block: Optional[NormalisedBlock],
-    num_blocks: Optional[tuple[int, int]],
-    num_global_heads: int,
-    global_weight: Optional[Tensor],
-    global_bias: Optional[Tensor],
-    block_weight: Optional[Tensor],
-    block_bias: Optional[Tensor],
-    dropout_p: float,
-    fused: bool,
-    backend: str,
-) -> Tensor:
-    """:func:`prefix_elfatt` with a layer's settings as plain arguments (see :func:`elfatt.modules.attend_heads`)."""
-    return prefix_elfatt(
-        q,
-        k,
-        v,
-        size,
-        num_prefix_tokens,
-        block=block_spec(block, num_blocks),
-        split=num_global_heads / q.shape[1],
-        global_lepe=None if global_weight is None else (global_weight, global_bias),
-        block_lepe=None if block_weight is None else (block_weight, block_bias),
-        dropout_p=dropout_p,
-        fused=fused,
-        backend=backend,
-    )
 
 
 @torch.jit.ignore
@@ -199,7 +92,8 @@ class PrefixELFATTAttention(ELFATTAttention):
 
     The parameters are :class:`~elfatt.modules.ELFATTAttention`'s (``qkv``, ``proj``, ``global_lepe``,
     ``block_lepe``) plus timm's optional ``q_norm`` / ``k_norm``; how prefix tokens attend is in
-    :func:`prefix_elfatt`. With ``num_prefix_tokens=0`` and no qk norm the output is ELFATTAttention's exactly.
+    :func:`~elfatt.functional.elfatt` (``num_prefix_tokens``). With ``num_prefix_tokens=0`` and no qk norm the
+    output is ELFATTAttention's exactly.
     """
 
     def __init__(
@@ -235,7 +129,7 @@ class PrefixELFATTAttention(ELFATTAttention):
         q, k, v = self.project_heads(x)
         q, k = self.q_norm(q), self.k_norm(k)
         global_weight, global_bias, block_weight, block_bias = self.lepe_parameters()
-        out = attend_prefix_heads(
+        out = attend_heads(
             q,
             k,
             v,
@@ -814,7 +708,8 @@ def patch_timm_vit(
     Each ``model.blocks[i].attn`` (timm's ``Attention``) becomes a :class:`TimmELFATTAttention` that takes over its
     ``qkv`` and ``proj`` modules (the same parameters, device and dtype) and its ``q_norm`` / ``k_norm``, and adds
     LePE convs initialised to zero, so LePE adds nothing until fine-tuning trains it. Prefix tokens
-    (``model.num_prefix_tokens``: class, registers) attend as :func:`prefix_elfatt` says. The token grid comes
+    (``model.num_prefix_tokens``: class, registers) attend as :func:`~elfatt.functional.elfatt` says of
+    ``num_prefix_tokens``. The token grid comes
     from the input: a forward pre-hook on ``model.patch_embed`` (called by ``forward``, ``forward_features`` and
     ``forward_intermediates`` alike) records the images' size and turns it into the grid with the patch
     embedding's ``dynamic_feat_size`` (or ``patch_size``), so ``dynamic_img_size=True`` models take any size.
