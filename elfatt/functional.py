@@ -229,21 +229,30 @@ def half_split(num_heads: int) -> float:
     return (num_heads // 2) / num_heads
 
 
-def global_head_count(num_heads: int, split: float) -> int:
-    """How many of ``num_heads`` heads are global linear heads for a ``split`` fraction in ``[0, 1]``.
+def global_head_count(num_heads: int, split: float, *, round_down: bool = False) -> int:
+    """How many of ``num_heads`` heads are global linear heads for a ``split`` fraction in ``[0, 1]``: the one rule
+    every part of the library splits heads by.
+
+    Args:
+        num_heads: heads of the layer.
+        split: fraction of global linear heads.
+        round_down: take ``floor(num_heads * split)`` where it is not whole (pretrained layers whose head count is
+            fixed, as the diffusion patch's); otherwise a fraction raises.
 
     Raises:
-        ValueError: if ``num_heads * split`` is not a whole number of heads.
+        ValueError: if ``split`` is outside ``[0, 1]``, or ``num_heads * split`` is not whole and not ``round_down``.
     """
     if not 0.0 <= split <= 1.0:
         raise ValueError(f"split is the fraction of global linear heads and must lie in [0, 1], got {split}")
     count = num_heads * split
-    if abs(count - round(count)) > 1e-9:
-        raise ValueError(
-            f"{num_heads} heads cannot be split {split}: {num_heads} * {split} = {count:g} global heads is not a "
-            f"whole number; choose split as a multiple of 1/{num_heads}"
-        )
-    return round(count)
+    if abs(count - round(count)) <= 1e-9:
+        return round(count)
+    if round_down:
+        return int(count)
+    raise ValueError(
+        f"{num_heads} heads cannot be split {split}: {num_heads} * {split} = {count:g} global heads is not a "
+        f"whole number; choose split as a multiple of 1/{num_heads}"
+    )
 
 
 def elfatt(

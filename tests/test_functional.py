@@ -166,3 +166,11 @@ def test_block_count_spec(case: Case, counts, generator, block_form):
     )
     out = elfatt.lepe(v, case.size, weight, bias, block=spec)
     assert_close(out, reference.lepe(v, case.size, weight, bias, concrete), torch.float32)
+
+
+def test_one_head_split_rule():
+    """Whole counts exactly, fractions raise, or round down where heads are fixed (SD 2's 5-head layers: 2)."""
+    assert elfatt.global_head_count(8, 0.25) == 2 and elfatt.global_head_count(3, elfatt.functional.half_split(3)) == 1
+    assert elfatt.global_head_count(5, 0.5, round_down=True) == 2
+    with pytest.raises(ValueError, match="not a whole number"):
+        elfatt.global_head_count(5, 0.5)

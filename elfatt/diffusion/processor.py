@@ -13,7 +13,7 @@ from torch import Tensor
 
 from elfatt.blocks import BlockSpec, resolve_block
 from elfatt.diffusion.merge import TokenMerge, bipartite_soft_matching_2d
-from elfatt.functional import block_attention, global_linear_attention
+from elfatt.functional import block_attention, global_head_count, global_linear_attention
 
 __all__ = ["PatchConfig", "PatchState", "ELFATTAttnProcessor", "LatentSizeHooks", "latent_grid", "latent_level"]
 
@@ -207,7 +207,7 @@ class ELFATTAttnProcessor:
         config = self.state.config
         q, k, v = (self._heads(attn, proj(merged)) for proj in (attn.to_q, attn.to_k, attn.to_v))
         batch, heads, _, dim = q.shape
-        num_global = int(heads * config.split + 1e-9)
+        num_global = global_head_count(heads, config.split, round_down=True)
         parts = []
         if num_global:
             out = global_linear_attention(q[:, :num_global], k[:, :num_global], v[:, :num_global])
