@@ -153,8 +153,7 @@ def blockify(x: Tensor, size: tuple[int, int], block: BlockSpec) -> Tensor:
     """
     height, width = check_tokens(x, size)
     if padded_blocks():
-        tokens, valid = block_token_index((height, width), block_layout((height, width), block), x.device)
-        return x[:, :, tokens] * valid[:, :, None].to(x.dtype)
+        return gather_blocks(x, *block_token_index((height, width), block_layout((height, width), block), x.device))
     bh, bw = resolve_block((height, width), block)
     batch, heads, _, dim = x.shape
     grid = x.reshape(batch, heads, height, width, dim)
@@ -200,6 +199,12 @@ def block_token_index(
     cols = _remainder(blocks, nw) * bw + _remainder(positions, bw)
     valid = (rows < height) & (cols < width)
     return rows.clamp(max=height - 1) * width + cols.clamp(max=width - 1), valid
+
+
+def gather_blocks(x: Tensor, tokens: Tensor, valid: Tensor) -> Tensor:
+    """``[B, heads, N, d]`` -> ``[B, heads, nb, bh * bw, d]`` by the index of :func:`block_token_index`, positions
+    past the grid zeroed (as :func:`blockify` pads)."""
+    return x[:, :, tokens] * valid[:, :, None].to(x.dtype)
 
 
 def grid_token_index(

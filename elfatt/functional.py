@@ -19,6 +19,7 @@ from elfatt.blocks import (
     block_token_index,
     blockify,
     blocks_to_grid,
+    gather_blocks,
     grid_to_blocks,
     padded_blocks,
     resolve_block,
@@ -68,21 +69,33 @@ def global_linear_attention(q: Tensor, k: Tensor, v: Tensor, *, backend: str = "
 
 
 def softmax_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, dropout_p: float = 0.0, fused: bool = True
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    fused: bool = True,
+    key_mask: Tensor | None = None,
 ) -> Tensor:
-    """Exact softmax attention over the last two dims, with no mask and no bias.
+    """Exact softmax attention over the last two dims, with no bias and, unless ``key_mask`` is given, no mask.
 
     Args:
         q, k, v: ``[..., L, d]``, ``[..., L, d]``, ``[..., L, d_v]``.
         scale: score scale; ``d ** -0.5`` when None.
         dropout_p: dropout on the attention probabilities.
-        fused: run ``F.scaled_dot_product_attention`` (FlashAttention-eligible on CUDA, since no mask is
-            passed); when False, plain matmuls and softmax.
+        fused: run ``F.scaled_dot_product_attention`` (FlashAttention-eligible on CUDA when no mask is passed);
+            when False, plain matmuls and softmax.
+        key_mask: boolean, broadcastable to ``[..., 1, L]``, True for the keys each query may attend. Only the
+            branch-free traced form of :func:`block_attention` passes one.
     """
     if fused:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    weights = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ v
@@ -155,22 +168,16 @@ def _padded_block_attention(
     """:func:`block_attention` without a branch on the grid's sides, for export: whole blocks gathered from the
     grid, positions past its edge masked out as keys, which gives the edge blocks' exact-size attention."""
     heads = q.shape[1]
+    tokens, valid = block_token_index(size, block_layout(size, block), q.device)
     # [B, heads * nb, bh * bw, d]: four dims, as ONNX's attention takes them
-    q_blocks, k_blocks, v_blocks = (blockify(x, size, block).flatten(1, 2) for x in (q, k, v))
-    valid = block_token_index(size, block_layout(size, block), q.device)[1]
+    q_blocks, k_blocks, v_blocks = (gather_blocks(x, tokens, valid).flatten(1, 2) for x in (q, k, v))
     # [heads * nb, 1, bh * bw]: the keys of each block that lie on the grid; a block wholly past the grid (a
     # BlockCount's trailing one) attends all its keys rather than none, and its output is never read back.
     key_mask = (valid | ~valid.any(dim=-1, keepdim=True))[:, None, :].repeat(heads, 1, 1)
-    if fused:
-        out = F.scaled_dot_product_attention(
-            q_blocks, k_blocks, v_blocks, attn_mask=key_mask, dropout_p=dropout_p, scale=scale
-        )
-    else:
-        scale = q.shape[-1] ** -0.5 if scale is None else scale
-        scores = ((q_blocks * scale) @ k_blocks.transpose(-2, -1)).masked_fill(~key_mask, float("-inf"))
-        out = F.dropout(scores.softmax(dim=-1), p=dropout_p) @ v_blocks
-    out = out.unflatten(1, (heads, -1))
-    return unblockify(out, size, block)
+    out = softmax_attention(
+        q_blocks, k_blocks, v_blocks, scale=scale, dropout_p=dropout_p, fused=fused, key_mask=key_mask
+    )
+    return unblockify(out.unflatten(1, (heads, -1)), size, block)
 
 
 def _check_lepe_weights(v: Tensor, weight: Tensor, bias: Tensor | None) -> None:
