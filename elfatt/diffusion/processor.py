@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import warnings
@@ -47,26 +48,29 @@ class PatchState:
         self.generator.manual_seed(self.config.seed)
 
 
-def latent_level(latent_size: tuple[int, int], tokens: int, max_levels: int = 8) -> int | None:
-    """The UNet level with ``tokens`` tokens: how many times the latent is halved (rounding up, as stride-2
-    convolutions with padding 1 do) before the count matches, 0 for the latent itself; None if no level does."""
+def _level_and_grid(
+    latent_size: tuple[int, int], tokens: int, max_levels: int = 8
+) -> tuple[int, tuple[int, int]] | None:
+    """The UNet level with ``tokens`` tokens and its grid: the latent halved (rounding up, as stride-2
+    convolutions with padding 1 do) until the count matches, level 0 for the latent itself; None if none does."""
     height, width = latent_size
     for level in range(max_levels):
         if height * width == tokens:
-            return level
+            return level, (height, width)
         height, width = math.ceil(height / 2), math.ceil(width / 2)
     return None
 
 
+def latent_level(latent_size: tuple[int, int], tokens: int, max_levels: int = 8) -> int | None:
+    """How many times the latent is halved to the UNet level with ``tokens`` tokens; None if no level has them."""
+    found = _level_and_grid(latent_size, tokens, max_levels)
+    return None if found is None else found[0]
+
+
 def latent_grid(latent_size: tuple[int, int], tokens: int, max_levels: int = 8) -> tuple[int, int] | None:
     """The token grid of the UNet level with ``tokens`` tokens (see :func:`latent_level`); None if no level."""
-    level = latent_level(latent_size, tokens, max_levels)
-    if level is None:
-        return None
-    height, width = latent_size
-    for _ in range(level):
-        height, width = math.ceil(height / 2), math.ceil(width / 2)
-    return height, width
+    found = _level_and_grid(latent_size, tokens, max_levels)
+    return None if found is None else found[1]
 
 
 class LatentSizeHooks:
@@ -108,6 +112,12 @@ class ELFATTAttnProcessor:
         self.state = state
         self.original = original
 
+    @functools.cached_property
+    def _original_signature(self) -> tuple[frozenset[str], bool]:
+        """The wrapped processor's parameter names and whether it takes ``**kwargs``, read once."""
+        parameters = inspect.signature(self.original.__call__).parameters
+        return frozenset(parameters), any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
     def _call_original(
         self,
         attn: object,
@@ -120,8 +130,7 @@ class ELFATTAttnProcessor:
     ) -> Tensor:
         """Call the wrapped processor with only what its signature takes, as diffusers' ``Attention`` does (the
         sliced processors take no ``temb``)."""
-        parameters = inspect.signature(self.original.__call__).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        parameters, takes_any = self._original_signature
         options = dict(kwargs, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, temb=temb)
         options = {name: value for name, value in options.items() if takes_any or name in parameters}
         if temb is None and "temb" not in parameters:
@@ -147,7 +156,6 @@ class ELFATTAttnProcessor:
         grid, level = self._grid_and_level(hidden_states)
         if (
             grid is None
-            or level is None
             or 2**level > config.max_downsample
             or (config.min_tokens is not None and grid[0] * grid[1] < config.min_tokens)
             or (is_cross and not config.cross_attention)
@@ -185,8 +193,8 @@ class ELFATTAttnProcessor:
                 )
             return None, None
         tokens = hidden_states.shape[2] * hidden_states.shape[3] if hidden_states.ndim == 4 else hidden_states.shape[1]
-        level = latent_level(size, tokens)
-        return (None, None) if level is None else (latent_grid(size, tokens), level)
+        found = _level_and_grid(size, tokens)
+        return (None, None) if found is None else (found[1], found[0])
 
     def _plan_merge(self, hidden_states: Tensor, grid: tuple[int, int]) -> TokenMerge:
         config = self.state.config
