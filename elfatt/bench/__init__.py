@@ -1,1 +1,1 @@
-"""The benchmark: the peers' attention mechanisms that ELFATT is timed and compared against."""
+"""The benchmark: ELFATT timed against every mechanism of :mod:`elfatt.attention`, side by side in one run."""

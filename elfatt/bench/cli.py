@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from elfatt._arguments import OneLineErrorParser
+
 __all__ = ["add_arguments", "run", "main"]
 
 CPU_SIDES = (16, 32, 64, 96, 128)
@@ -15,16 +17,10 @@ CPU_RESOLUTIONS = (224, 384, 512, 768)
 GPU_RESOLUTIONS = (224, 384, 512, 768, 1024)
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr and exit status 2, with no usage dump."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
-    from elfatt.bench.mechanisms import DEFAULT_BENCH_MECHANISMS, MECHANISMS
+    from elfatt.attention import MECHANISMS
+    from elfatt.bench.runner import DEFAULT_BENCH_MECHANISMS
 
     parser.add_argument("--levels", nargs="+", default=["op", "model"], choices=["op", "model"])
     parser.add_argument(

@@ -11,16 +11,15 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["Timing", "time_call", "peak_memory_mib", "memory_method", "count_flops", "reset_peak_rss", "peak_rss_mib"]
+from elfatt._memory import peak_rss_mib, reset_peak_rss, rss_available, rss_mib
 
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-_STATUS = Path("/proc/self/status")
+__all__ = ["Timing", "time_call", "peak_memory_mib", "memory_method", "count_flops"]
+
 _M_MMAP_THRESHOLD = -3
 
 
@@ -102,32 +101,11 @@ def time_call(
     return Timing(statistics.median(times), quartiles[0], quartiles[2], len(times))
 
 
-def _status_kib(field: str) -> int:
-    for line in _STATUS.read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in {_STATUS}")
-
-
-def reset_peak_rss() -> bool:
-    """Reset the process's peak RSS (VmHWM) to its current RSS; False where Linux's clear_refs is unavailable."""
-    try:
-        _CLEAR_REFS.write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_mib() -> float:
-    """The process's peak RSS since start or the last :func:`reset_peak_rss`, in MiB."""
-    return _status_kib("VmHWM") / 1024
-
-
 def memory_method(device: torch.device) -> str:
     """How :func:`peak_memory_mib` measures on ``device``."""
     if device.type == "cuda":
         return "cuda max_memory_allocated above the allocation before the call"
-    if _CLEAR_REFS.exists() and _STATUS.exists():
+    if rss_available():
         return "peak RSS (VmHWM, reset through /proc/self/clear_refs) above the RSS before the call"
     return "unavailable"
 
@@ -147,9 +125,9 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | N
     with _freed_memory_returned_to_os():
         if not reset_peak_rss():
             return None
-        before = _status_kib("VmRSS")
+        before = rss_mib()
         fn()
-        return max(peak_rss_mib() - before / 1024, 0)
+        return max(peak_rss_mib() - before, 0)
 
 
 def count_flops(module: nn.Module, inputs: tuple, *, backward: bool) -> float | None:

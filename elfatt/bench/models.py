@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from elfatt.bench.mechanisms import build_attention
+from elfatt.attention import MechanismBlock
 
 __all__ = ["VIT_LAYOUTS", "AttentionViT", "check_resolution"]
 
@@ -30,22 +30,6 @@ def check_resolution(resolution: int, patch: int = 16) -> None:
         raise ValueError(f"resolution {resolution} is not a positive multiple of the patch size {patch}")
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: attention and MLP, each with a residual."""
-
-    def __init__(self, dim: int, num_heads: int, mechanism: str, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = build_attention(mechanism, dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        x = x + self.attn(self.norm1(x), size)
-        return x + self.mlp(self.norm2(x))
-
-
 class AttentionViT(nn.Module):
     """ViT with patch 16 and a chosen attention mechanism; images ``[B, 3, H, W]`` to logits ``[B, classes]``."""
 
@@ -57,7 +41,7 @@ class AttentionViT(nn.Module):
         self.patch = patch
         self.patch_embed = nn.Conv2d(3, dim, patch, stride=patch)
         self.pos_embed = nn.Parameter(torch.randn(1, dim, 224 // patch, 224 // patch) * 0.02)
-        self.blocks = nn.ModuleList(Block(dim, heads, mechanism) for _ in range(depth))
+        self.blocks = nn.ModuleList(MechanismBlock(dim, heads, mechanism) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 

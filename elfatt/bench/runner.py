@@ -9,14 +9,16 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from elfatt.attention import MECHANISMS, build_attention, check_mechanisms
 from elfatt.bench.backbone_models import build_backbone, check_backbones, default_backbones
 from elfatt.bench.measure import count_flops, peak_memory_mib, time_call
-from elfatt.bench.mechanisms import DEFAULT_BENCH_MECHANISMS, MECHANISMS, build_attention, check_mechanisms
 from elfatt.bench.models import VIT_LAYOUTS, AttentionViT, check_resolution
 
-__all__ = ["BenchConfig", "Cell", "Row", "plan_cells", "run_cell", "add_ratios", "DTYPES"]
+__all__ = ["BenchConfig", "Cell", "Row", "plan_cells", "run_cell", "add_ratios", "DTYPES", "DEFAULT_BENCH_MECHANISMS"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Every registered mechanism but ELFATT's ablations, which are asked for by name.
+DEFAULT_BENCH_MECHANISMS = tuple(name for name, mechanism in MECHANISMS.items() if not mechanism.ablation)
 PASSES = ("fwd", "fwd+bwd")
 
 

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m elfatt.train``."""
-    from elfatt.bench.cli import OneLineErrorParser
+    from elfatt._arguments import OneLineErrorParser
 
     parser = OneLineErrorParser(prog="elfatt train", description=__doc__)
     add_arguments(parser)

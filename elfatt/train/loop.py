@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from elfatt._csv import write_rows
-from elfatt.bench.measure import peak_rss_mib, reset_peak_rss
+from elfatt._memory import peak_rss_mib, reset_peak_rss
 from elfatt.train.model import build_model
 from elfatt.train.tasks import build_task
 

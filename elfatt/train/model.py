@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from elfatt.bench.models import Block
+from elfatt.attention import MECHANISMS, MechanismBlock
 from elfatt.train.tasks import Task
 
 __all__ = ["POOLS", "SmallTransformer", "build_model"]
@@ -43,7 +43,7 @@ class SmallTransformer(nn.Module):
             self.embed = nn.Embedding(task.vocab_size, dim)
         self.kind = task.kind
         self.pos_embed = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
-        self.blocks = nn.ModuleList(Block(dim, heads, mechanism, mlp_ratio=2.0) for _ in range(depth))
+        self.blocks = nn.ModuleList(MechanismBlock(dim, heads, mechanism, mlp_ratio=2.0) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, task.num_classes)
 
@@ -62,8 +62,6 @@ def build_model(
     """A registered backbone (``swin_elfatt_tiny_224``, ...) for image tasks, or the small transformer with the
     attention mechanism ``name`` (``vanilla``, ``elfatt``, ``elfatt-window``, ``elfatt-linear``, ``efficient``, ...);
     ``dim``, ``depth``, ``heads``, ``patch`` and ``pool`` shape the small transformer only."""
-    from elfatt.bench.mechanisms import MECHANISMS
-
     if name in MECHANISMS:
         return SmallTransformer(task, name, dim=dim, depth=depth, heads=heads, patch=patch, pool=pool)
     from elfatt.models import create_model, is_model

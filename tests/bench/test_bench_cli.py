@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from elfatt.bench.cli import main
-from elfatt.bench.mechanisms import DEFAULT_BENCH_MECHANISMS as MECHANISMS
+from elfatt.bench.runner import DEFAULT_BENCH_MECHANISMS as MECHANISMS
 
 
 def test_tiny_sweep_writes_csv_json_and_plots(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from elfatt.bench.mechanisms import MECHANISMS, build_attention, check_mechanisms
+from elfatt.attention import MECHANISMS, build_attention, check_mechanisms
 from elfatt.bench.models import AttentionViT
 
 

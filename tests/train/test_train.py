@@ -131,7 +131,7 @@ def test_pooling_feeds_the_head_the_token_mean_or_max(pool):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_experiment_preset_is_a_valid_config(name):
-    from elfatt.bench.mechanisms import MECHANISMS
+    from elfatt.attention import MECHANISMS
 
     options = {key: value for key, value in PRESETS[name].items() if key != "mechanisms"}
     config = TrainConfig(**options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from elfatt.bench.peers._base import QKVAttention
+from elfatt.attention._base import QKVAttention
 
 __all__ = ["VanillaAttention"]
 

@@ -1,6 +1,6 @@
 """Global softmax attention through PyTorch's fused ``scaled_dot_product_attention``.
 
-The same maths as :mod:`elfatt.bench.peers.vanilla` ("Attention Is All You Need", Vaswani et al., NeurIPS 2017,
+The same maths as :mod:`elfatt.attention.vanilla` ("Attention Is All You Need", Vaswani et al., NeurIPS 2017,
 https://arxiv.org/abs/1706.03762), dispatched to the fastest kernel PyTorch has for the device and dtype:
 FlashAttention-2 ("FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning", Dao,
 ICLR 2024, https://arxiv.org/abs/2307.08691) or memory-efficient attention on CUDA, a fused C++ kernel on CPU.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from elfatt.bench.peers._base import QKVAttention
+from elfatt.attention._base import QKVAttention
 
 __all__ = ["SDPAAttention"]
 

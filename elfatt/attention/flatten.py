@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from elfatt.bench.peers._base import QKVAttention
-from elfatt.bench.peers._checks import check_tokens
+from elfatt.attention._base import QKVAttention
+from elfatt.attention._checks import check_tokens
 
 __all__ = ["FocusedLinearAttention", "focused_map"]
 

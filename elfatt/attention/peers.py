@@ -2,7 +2,7 @@
 
 Every peer has the same interface: ``Peer(dim, num_heads, *, qkv_bias=False, **options)`` with its own ``qkv``
 and ``proj`` linears, and ``forward(x, size)`` taking tokens ``[B, N, C]`` on an ``(H, W)`` grid with
-``H * W == N`` and returning ``[B, N, C]``; the shared part lives in :class:`~elfatt.bench.peers._base.QKVAttention`.
+``H * W == N`` and returning ``[B, N, C]``; the shared part lives in :class:`~elfatt.attention._base.QKVAttention`.
 :func:`build_peer` makes one by name from :data:`PEERS`.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from elfatt.bench.peers.agent import AgentAttention
-from elfatt.bench.peers.cswin import CSWinAttention
-from elfatt.bench.peers.efficient import EfficientAttention
-from elfatt.bench.peers.flatten import FocusedLinearAttention
-from elfatt.bench.peers.sdpa import SDPAAttention
-from elfatt.bench.peers.swin import SwinWindowAttention
-from elfatt.bench.peers.vanilla import VanillaAttention
+from elfatt.attention.agent import AgentAttention
+from elfatt.attention.cswin import CSWinAttention
+from elfatt.attention.efficient import EfficientAttention
+from elfatt.attention.flatten import FocusedLinearAttention
+from elfatt.attention.sdpa import SDPAAttention
+from elfatt.attention.swin import SwinWindowAttention
+from elfatt.attention.vanilla import VanillaAttention
 
 __all__ = [
     "PEERS",

@@ -1,4 +1,4 @@
-"""Every attention mechanism the benchmark runs, by name: ELFATT's variants and the peers."""
+"""Every attention mechanism by name, ELFATT's variants and ablations and the peers, for bench, train and diffusion."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from elfatt.bench.peers import PEERS
-from elfatt.functional import half_split
-from elfatt.modules import DEFAULT_BLOCK, ELFATTAttention
+from elfatt.attention.elfatt_variants import (
+    block_part_alone,
+    elfatt_counted_blocks,
+    elfatt_fixed_blocks,
+    global_part_alone,
+)
+from elfatt.attention.peers import PEERS
+from elfatt.modules import DEFAULT_BLOCK
 
-__all__ = ["Mechanism", "MECHANISMS", "DEFAULT_BENCH_MECHANISMS", "build_attention", "check_mechanisms"]
+__all__ = ["Mechanism", "MECHANISMS", "build_attention", "check_mechanisms"]
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,7 @@ class Mechanism:
     name: str
     build: Callable[[int, int], nn.Module]
     summary: str
-    in_default_bench: bool = True
+    ablation: bool = False
 
 
 def _peer(name: str) -> Callable[[int, int], nn.Module]:
@@ -35,25 +40,25 @@ MECHANISMS: dict[str, Mechanism] = {
         Mechanism("sdpa", _peer("sdpa"), "softmax attention, F.scaled_dot_product_attention (Flash on CUDA)"),
         Mechanism(
             "elfatt",
-            lambda dim, heads: ELFATTAttention(dim, heads, block=DEFAULT_BLOCK, split=half_split(heads)),
+            elfatt_fixed_blocks,
             f"ELFATT, fixed {DEFAULT_BLOCK}x{DEFAULT_BLOCK} blocks (linear in tokens)",
         ),
         Mechanism(
             "elfatt-b4",
-            lambda dim, heads: ELFATTAttention(dim, heads, num_blocks=(2, 2), split=half_split(heads)),
+            elfatt_counted_blocks,
             "ELFATT, 4 blocks whatever the grid (the paper's b=4)",
         ),
         Mechanism(
             "elfatt-window",
-            lambda dim, heads: ELFATTAttention(dim, heads, block=DEFAULT_BLOCK, split=0.0),
+            block_part_alone,
             "ELFATT's blockified part alone: every head in 8x8 blocks (an ablation)",
-            in_default_bench=False,
+            ablation=True,
         ),
         Mechanism(
             "elfatt-linear",
-            lambda dim, heads: ELFATTAttention(dim, heads, split=1.0),
+            global_part_alone,
             "ELFATT's global linear part alone, with LePE (an ablation)",
-            in_default_bench=False,
+            ablation=True,
         ),
         Mechanism("swin", _peer("swin"), "Swin window attention, 7x7 windows, relative-position bias"),
         Mechanism("cswin", _peer("cswin"), "CSWin cross-shaped window attention, stripes of 7, LePE"),
@@ -62,9 +67,6 @@ MECHANISMS: dict[str, Mechanism] = {
         Mechanism("agent", _peer("agent"), "Agent Attention, 49 agents (Han et al. 2024)"),
     )
 }
-
-
-DEFAULT_BENCH_MECHANISMS = tuple(name for name, mechanism in MECHANISMS.items() if mechanism.in_default_bench)
 
 
 def check_mechanisms(names: list[str] | tuple[str, ...]) -> list[str]:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from elfatt.bench.peers._base import QKVAttention
-from elfatt.bench.peers._checks import check_tokens, window_partition, window_reverse
+from elfatt.attention._base import QKVAttention
+from elfatt.attention._checks import check_tokens, window_partition, window_reverse
 
 __all__ = ["CSWinAttention"]
 

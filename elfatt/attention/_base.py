@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from elfatt.bench.peers._checks import check_heads, check_tokens
+from elfatt.attention._checks import check_heads, check_tokens
 
 __all__ = ["QKVAttention"]
 
