@@ -44,7 +44,7 @@ register_when_timm_imports()
 def __getattr__(name: str) -> Any:
     """``patch_timm_vit`` is imported on first use, so that ``import elfatt`` does not load the model files."""
     if name == "patch_timm_vit":
-        from elfatt.models.vit_elfatt import patch_timm_vit
+        from elfatt.models.timm_vit_patch import patch_timm_vit
 
         return patch_timm_vit
     raise AttributeError(f"module 'elfatt' has no attribute {name!r}")

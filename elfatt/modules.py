@@ -5,6 +5,7 @@ one ``torch.jit.ignore``-d call back into Python (:func:`attend_heads`), so a sc
 cannot be saved; deploy through ``torch.export`` or ONNX instead (:mod:`elfatt.export`).
 """
 
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -57,9 +58,11 @@ class LePE(nn.Module):
 class ELFATTAttention(nn.Module):
     """ELFATT attention layer: ``[B, N, C]`` tokens on an ``(H, W)`` grid in, the same shape out.
 
-    A drop-in for timm's ViT ``Attention`` that also takes the grid size. ``split`` of the heads run global
-    linear attention with LePE on the whole grid, the others exact softmax attention inside blocks with LePE
-    per block; the heads are concatenated and projected.
+    A drop-in for timm's ViT ``Attention`` (``qkv`` / ``proj`` linears, optional per-head ``q_norm`` / ``k_norm``)
+    that also takes the grid size. ``split`` of the heads run global linear attention with LePE on the whole grid,
+    the others exact softmax attention inside blocks with LePE per block; the heads are concatenated and
+    projected. Tokens before the grid (a ViT's class token, registers) attend as
+    :func:`~elfatt.functional.elfatt` says of ``num_prefix_tokens``.
 
     The block is either a fixed size (``block``, linear cost in tokens) or a fixed count (``num_blocks``,
     the paper's ``b`` blocks whose size grows with the grid); give at most one. Neither gives
@@ -78,6 +81,8 @@ class ELFATTAttention(nn.Module):
         num_blocks: int | tuple[int, int] | None = None,
         split: float = 0.5,
         qkv_bias: bool = False,
+        qk_norm: bool = False,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         lepe_kernel: int = 3,
@@ -94,6 +99,8 @@ class ELFATTAttention(nn.Module):
             num_blocks: instead of ``block``, the number of blocks ``(nh, nw)`` the grid is cut into.
             split: fraction of heads that are global linear heads; ``num_heads * split`` must be whole.
             qkv_bias: bias in the qkv projection.
+            qk_norm: normalise queries and keys per head (timm's ``qk_norm``) before attention.
+            norm_layer: the qk norm, over the head dim.
             attn_drop: dropout on the block heads' attention probabilities.
             proj_drop: dropout after the output projection.
             lepe_kernel: side of the LePE depthwise kernels.
@@ -123,6 +130,8 @@ class ELFATTAttention(nn.Module):
         self.backend = backend
         factory = dict(device=device, dtype=dtype)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **factory)
+        self.q_norm = norm_layer(self.head_dim, **factory) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim, **factory) if qk_norm else nn.Identity()
         global_channels = self.num_global_heads * self.head_dim
         self.global_lepe = LePE(global_channels, lepe_kernel, **factory) if global_channels else None
         self.block_lepe = LePE(dim - global_channels, lepe_kernel, **factory) if dim - global_channels else None
@@ -162,17 +171,19 @@ class ELFATTAttention(nn.Module):
         """The concrete ``(bh, bw)`` block this layer uses on the grid ``size``."""
         return concrete_block(size, self._block, self._num_blocks)
 
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        """Attend ``x`` ``[B, N, C]`` laid out row-major on the grid ``size=(H, W)``; returns ``[B, N, C]``."""
-        check_layer_input(x, size, self.dim, 0)
+    def forward(self, x: Tensor, size: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
+        """Attend ``x`` ``[B, P + H * W, C]``: ``P = num_prefix_tokens`` tokens, then the grid ``size=(H, W)``
+        row-major; returns the same shape."""
+        check_layer_input(x, size, self.dim, num_prefix_tokens)
         q, k, v = self.project_heads(x)
+        q, k = self.q_norm(q), self.k_norm(k)
         global_weight, global_bias, block_weight, block_bias = self.lepe_parameters()
         out = attend_heads(
             q,
             k,
             v,
             size,
-            0,
+            num_prefix_tokens,
             self._block,
             self._num_blocks,
             self.num_global_heads,
@@ -233,6 +244,8 @@ def block_spec(block: Optional[NormalisedBlock], num_blocks: Optional[tuple[int,
 @torch.jit.ignore
 def check_layer_input(x: Tensor, size: tuple[int, int], dim: int, num_prefix_tokens: int) -> None:
     """Check that ``x`` is ``[B, P + H * W, dim]`` for the grid ``size`` after ``P = num_prefix_tokens`` tokens."""
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+        raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
     if x.dim() != 3 or x.shape[-1] != dim:
         raise ValueError(f"x must be [B, N, C={dim}], got shape {tuple(x.shape)}")
     height, width = check_size(size)

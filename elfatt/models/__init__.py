@@ -12,7 +12,8 @@ except ImportError as error:
 
 from elfatt.models.cswin_elfatt import CSWinELFATT, checkpoint_filter_fn
 from elfatt.models.swin_elfatt import SwinELFATT
-from elfatt.models.vit_elfatt import PrefixELFATTAttention, VisionTransformerELFATT, patch_timm_vit
+from elfatt.models.timm_vit_patch import patch_timm_vit
+from elfatt.models.vit_elfatt import PrefixELFATTAttention, VisionTransformerELFATT
 
 __all__ = [
     "CSWinELFATT",

@@ -43,7 +43,8 @@ from typing import Any
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from elfatt.models.cswin_elfatt import BlockCount, CSWinELFATT, _cfg, build_hierarchical
+from elfatt.models._backbone import build_hierarchical
+from elfatt.models.cswin_elfatt import BlockCount, CSWinELFATT, _cfg
 
 __all__ = ["SwinELFATT", "window_grid"]
 

@@ -1,4 +1,4 @@
-"""ViT-ELFATT: the DeiT / ViT layout with ELFATT attention, and ``patch_timm_vit`` for timm's pretrained ViTs.
+"""ViT-ELFATT: the DeiT / ViT layout with ELFATT attention.
 
 Papers:
     ELFATT: Efficient Linear Fast Attention for Vision Transformers. Chong Wu, Maolin Che, Renjie Xu,
@@ -17,7 +17,8 @@ embedding is resized bicubically to the grid, as timm's ``dynamic_img_size=True`
 handed the grid ``(H, W)``.
 
 Prefix tokens. ELFATT is defined on a token grid; a ViT also has prefix tokens (the class token, registers)
-that lie on no grid. :class:`PrefixELFATTAttention` treats them so that they see every token and cost little:
+that lie on no grid. :class:`~elfatt.modules.ELFATTAttention` (``num_prefix_tokens``) treats them so that they
+see every token and cost little:
 
 - global linear heads attend over all ``P + N`` tokens (prefix tokens are keys and values like any other);
   LePE, a convolution on the grid, is added to the ``N`` grid tokens only;
@@ -33,123 +34,38 @@ Heads. Half of the heads are global linear heads; with an odd count (DeiT-Ti has
 by default, four 7x7 windows at 224 (Swin-ELFATT's 14x14 stage uses the same four), growing with the input.
 Pass ``block_size`` for fixed-size windows whose cost is linear in the tokens.
 
-:func:`patch_timm_vit` swaps the attention of an existing timm ``VisionTransformer`` for ELFATT in place,
-keeping its ``qkv`` / ``proj`` weights and adding LePE convs that start at zero, to fine-tune pretrained ViTs.
+:func:`~elfatt.models.timm_vit_patch.patch_timm_vit` swaps the attention of an existing timm
+``VisionTransformer`` for ELFATT in place instead, keeping its pretrained weights.
 
 Licence: MIT.
 """
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed
-from timm.models import (
-    build_model_with_cfg,
-    generate_default_cfgs,
-    register_model,
-    register_notrace_function,
-    register_notrace_module,
-)
+from timm.layers import resample_abs_pos_embed
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from elfatt._checks import pair
 from elfatt.blocks import BlockSpec, block_from_count, resolve_block
-from elfatt.functional import (
-    half_split,
-)
-from elfatt.models.cswin_elfatt import init_weights, new_classifier, stage_indices
-from elfatt.modules import ELFATTAttention, attend_heads, check_layer_input
+from elfatt.functional import half_split
+from elfatt.models._backbone import ELFATTBackbone, MapRequest, elfatt_cfg, init_weights
+from elfatt.models._blocks import ELFATTBlock
+from elfatt.modules import ELFATTAttention
 
-__all__ = [
-    "VisionTransformerELFATT",
-    "ViTELFATTBlock",
-    "PrefixELFATTAttention",
-    "TimmELFATTAttention",
-    "PatchEmbed",
-    "patch_timm_vit",
-    "checkpoint_filter_fn",
-]
+__all__ = ["VisionTransformerELFATT", "PrefixELFATTAttention", "PatchEmbed", "checkpoint_filter_fn"]
 
 # Blocks of the softmax heads when neither a count nor a size is given: four windows, 7x7 at 224.
 DEFAULT_NUM_BLOCKS = (2, 2)
 
 
-@torch.jit.ignore
-def check_prefix_count(num_prefix_tokens: int) -> None:
-    """Check that a prefix-token count is an int >= 0."""
-    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
-        raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
-
-
-class PrefixELFATTAttention(ELFATTAttention):
-    """ELFATT attention over ``P`` prefix tokens (class token, registers) and an ``(H, W)`` grid of tokens.
-
-    The parameters are :class:`~elfatt.modules.ELFATTAttention`'s (``qkv``, ``proj``, ``global_lepe``,
-    ``block_lepe``) plus timm's optional ``q_norm`` / ``k_norm``; how prefix tokens attend is in
-    :func:`~elfatt.functional.elfatt` (``num_prefix_tokens``). With ``num_prefix_tokens=0`` and no qk norm the
-    output is ELFATTAttention's exactly.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        *,
-        qk_norm: bool = False,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """
-        Args:
-            dim: channels ``C``.
-            num_heads: heads; ``dim`` must divide by it.
-            qk_norm: normalise queries and keys per head (timm's ``qk_norm``) before attention.
-            norm_layer: the qk norm over the head dim.
-            device, dtype: where and how the parameters are made.
-            **kwargs: :class:`~elfatt.modules.ELFATTAttention`'s other arguments (``block``, ``num_blocks``,
-                ``split``, ``qkv_bias``, ...).
-        """
-        super().__init__(dim, num_heads, device=device, dtype=dtype, **kwargs)
-        dd = dict(device=device, dtype=dtype)
-        self.q_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
-        self.k_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
-
-    def forward(self, x: Tensor, size: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
-        """Attend ``x`` ``[B, P + H * W, C]``: ``P = num_prefix_tokens`` prefix tokens, then the grid ``size``."""
-        check_prefix_count(num_prefix_tokens)
-        check_layer_input(x, size, self.dim, num_prefix_tokens)
-        q, k, v = self.project_heads(x)
-        q, k = self.q_norm(q), self.k_norm(k)
-        global_weight, global_bias, block_weight, block_bias = self.lepe_parameters()
-        out = attend_heads(
-            q,
-            k,
-            v,
-            size,
-            num_prefix_tokens,
-            self._block,
-            self._num_blocks,
-            self.num_global_heads,
-            global_weight,
-            global_bias,
-            block_weight,
-            block_bias,
-            self.attn_drop if self.training else 0.0,
-            self.fused_attn,
-            self.backend,
-        )
-        return self.merge_heads(out)
-
-
-register_notrace_module(PrefixELFATTAttention)
+# ELFATTAttention takes prefix tokens (and timm's qk norm) itself; the name this layer had is kept.
+PrefixELFATTAttention = ELFATTAttention
 
 
 @register_notrace_function
@@ -191,67 +107,13 @@ class PatchEmbed(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
-class ViTELFATTBlock(nn.Module):
-    """Pre-norm ViT block with :class:`PrefixELFATTAttention`: ``[B, P + H * W, C]`` in and out."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        *,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        qk_norm: bool = False,
-        proj_drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-        act_layer: Callable[[], nn.Module] = nn.GELU,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        **attn_kwargs: Any,
-    ) -> None:
-        """
-        Args:
-            dim: channels.
-            num_heads: attention heads.
-            mlp_ratio: MLP hidden width over ``dim``.
-            qkv_bias: bias in the qkv projection.
-            qk_norm: normalise queries and keys per head.
-            proj_drop: dropout after the attention projection and in the MLP.
-            attn_drop: dropout on the block heads' attention probabilities.
-            drop_path: stochastic depth rate of both residual branches.
-            norm_layer: normalisation over channels.
-            act_layer: MLP activation.
-            device, dtype: where and how the parameters are made.
-            **attn_kwargs: the attention's ``block`` / ``num_blocks``, ``split``, ``lepe_kernel``, ``fused_attn``.
-        """
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.norm1 = norm_layer(dim, **dd)
-        self.attn = PrefixELFATTAttention(
-            dim,
-            num_heads,
-            qkv_bias=qkv_bias,
-            qk_norm=qk_norm,
-            norm_layer=norm_layer,
-            attn_drop=attn_drop,
-            proj_drop=proj_drop,
-            **dd,
-            **attn_kwargs,
-        )
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-
-    def forward(self, x: Tensor, size: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x), size, num_prefix_tokens))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
-
-
-class VisionTransformerELFATT(nn.Module):
+class VisionTransformerELFATT(ELFATTBackbone):
     """ViT / DeiT with ELFATT attention (see the module docstring); timm's ``VisionTransformer`` contract."""
+
+    trunk_name = "blocks"
+    global_pools = ("token", "avg", "")
+    output_fmts = ("NCHW", "NHWC", "NLC")
+    norm_fits_last_only = False
 
     def __init__(
         self,
@@ -319,8 +181,7 @@ class VisionTransformerELFATT(nn.Module):
         """
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        if global_pool not in ("", "avg", "token"):
-            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        self.check_pool(global_pool)
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         if reg_tokens < 0:
@@ -350,7 +211,7 @@ class VisionTransformerELFATT(nn.Module):
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             [
-                ViTELFATTBlock(
+                ELFATTBlock(
                     embed_dim,
                     num_heads,
                     mlp_ratio=mlp_ratio,
@@ -398,26 +259,11 @@ class VisionTransformerELFATT(nn.Module):
             stem=r"^cls_token|reg_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block's activations in the backward pass (``torch.utils.checkpoint``) to save memory."""
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        """The classifier head."""
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a fresh one for ``num_classes`` classes (0 for none), optionally changing the pool."""
-        if global_pool is not None:
-            if global_pool not in ("", "avg", "token"):
-                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
-            if global_pool == "token" and self.cls_token is None:
-                raise ValueError("global_pool='token' needs a class token")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = new_classifier(self.num_features, num_classes, self)
+    def check_pool(self, global_pool: str) -> None:
+        """Raise ValueError unless ``global_pool`` is ``"token"`` (with a class token), ``"avg"`` or ``""``."""
+        super().check_pool(global_pool)
+        if global_pool == "token" and getattr(self, "cls_token", True) is None:
+            raise ValueError("global_pool='token' needs a class token")
 
     def set_input_size(
         self,
@@ -478,10 +324,7 @@ class VisionTransformerELFATT(nn.Module):
         """Images ``[B, in_chans, H, W]`` to the normalised tokens ``[B, P + H / 16 * W / 16, C]``, prefix first."""
         x, size = self._embed(x)
         for block in self.blocks:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x, size, self.num_prefix_tokens, use_reentrant=False)
-            else:
-                x = block(x, size, self.num_prefix_tokens)
+            x = block(x, size, self.num_prefix_tokens)
         return self.norm(x)
 
     def pool(self, x: Tensor, pool_type: str | None = None) -> Tensor:
@@ -498,274 +341,23 @@ class VisionTransformerELFATT(nn.Module):
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | Sequence[int] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Any] | tuple[Tensor, list[Any]]:
-        """Per-block features on the patch grid, timm's ``forward_intermediates``.
-
-        Args:
-            x: images ``[B, in_chans, H, W]``.
-            indices: blocks to return: None for all, ``n`` for the last ``n``, or a list of indices.
-            return_prefix_tokens: return ``(grid features, prefix tokens [B, P, C])`` pairs.
-            norm: apply the final norm to each returned block's tokens.
-            stop_early: accepted for timm's signature; with ``intermediates_only`` the blocks after the last one
-                asked for never run, without it all run so that the final features are complete.
-            output_fmt: ``"NCHW"`` (``[B, C, h, w]``), ``"NHWC"`` or ``"NLC"`` (``[B, h * w, C]``); the prefix
-                tokens are never part of these maps.
-            intermediates_only: return only the list of features.
-
-        Returns:
-            The features, or ``(final tokens [B, P + h * w, C], features)``.
-        """
-        if output_fmt not in ("NCHW", "NHWC", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = stage_indices(len(self.blocks), indices)
-        blocks = self.blocks if not stop_early and not intermediates_only else self.blocks[: max_index + 1]
+    def collect_intermediates(self, x: Tensor, trunk: nn.Module, request: MapRequest) -> tuple[Tensor, list[Any]]:
+        """The blocks' grid features for :meth:`~elfatt.models._backbone.ELFATTBackbone.forward_intermediates`;
+        the prefix tokens are never part of the maps."""
         x, (height, width) = self._embed(x)
         intermediates = []
-        for i, block in enumerate(blocks):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(block, x, (height, width), self.num_prefix_tokens, use_reentrant=False)
-            else:
-                x = block(x, (height, width), self.num_prefix_tokens)
-            if i not in take_indices:
+        for i, block in enumerate(trunk):
+            x = block(x, (height, width), self.num_prefix_tokens)
+            if i not in request.take_indices:
                 continue
-            out = self.norm(x) if norm else x
+            out = self.norm(x) if request.norm else x
             prefix, grid = out[:, : self.num_prefix_tokens], out[:, self.num_prefix_tokens :]
-            if output_fmt != "NLC":
+            if request.output_fmt != "NLC":
                 grid = grid.reshape(grid.shape[0], height, width, -1)
-            if output_fmt == "NCHW":
+            if request.output_fmt == "NCHW":
                 grid = grid.permute(0, 3, 1, 2).contiguous()
-            intermediates.append((grid, prefix) if return_prefix_tokens else grid)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """Drop the blocks after the last of ``indices`` and, optionally, the final norm and the head."""
-        take_indices, max_index = stage_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# patch_timm_vit: ELFATT into an existing timm VisionTransformer.
-
-
-class _TokenGrid:
-    """The token grid of a patched ViT's current input, shared by its attention layers.
-
-    It is the forward pre-hook of ``model.patch_embed``, which every path through a timm ViT (``forward``,
-    ``forward_features``, ``forward_intermediates``) calls with the images before any block runs: it records
-    their grid there. A plain object, so ``copy.deepcopy`` (EMA models) copies it once for the hook and the
-    layers together.
-    """
-
-    def __init__(self, num_prefix_tokens: int) -> None:
-        self.num_prefix_tokens = num_prefix_tokens
-        self.size: tuple[int, int] | None = None
-
-    def __call__(self, patch_embed: nn.Module, args: tuple[Any, ...]) -> None:
-        images = args[0] if args else None
-        if not isinstance(images, Tensor) or images.dim() != 4:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"a ViT patched with ELFATT takes images [B, C, H, W], got {shape}")
-        self.size = _feat_size(patch_embed, (images.shape[-2], images.shape[-1]))
-
-
-def _feat_size(patch_embed: nn.Module, img_size: tuple[int, int]) -> tuple[int, int]:
-    """The token grid of ``img_size`` pixels: timm's ``dynamic_feat_size``, else from ``patch_size``."""
-    if hasattr(patch_embed, "dynamic_feat_size"):
-        height, width = patch_embed.dynamic_feat_size(img_size)
-        return int(height), int(width)
-    ph, pw = pair(patch_embed.patch_size, "patch_size")
-    if getattr(patch_embed, "dynamic_img_pad", False):
-        return math.ceil(img_size[0] / ph), math.ceil(img_size[1] / pw)
-    return img_size[0] // ph, img_size[1] // pw
-
-
-class TimmELFATTAttention(PrefixELFATTAttention):
-    """:class:`PrefixELFATTAttention` with timm's ``Attention.forward(x, attn_mask=None, is_causal=False)``.
-
-    Made by :func:`patch_timm_vit`; the grid and the prefix-token count come from the model's input, recorded by a
-    pre-hook on its ``patch_embed``.
-    """
-
-    def __init__(self, dim: int, num_heads: int, *, token_grid: _TokenGrid, **kwargs: Any) -> None:
-        super().__init__(dim, num_heads, **kwargs)
-        self.token_grid = token_grid
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        """Attend timm's ``[B, P + N, C]`` tokens on the grid of the model's current input."""
-        if attn_mask is not None or is_causal:
-            raise ValueError(
-                "ELFATT attention takes no attention mask and is not causal: its global linear heads have no "
-                "score matrix to mask; run the patched ViT without attn_mask / is_causal"
-            )
-        grid, prefix = self.token_grid.size, self.token_grid.num_prefix_tokens
-        if grid is None:
-            raise ValueError(
-                "the token grid is unknown: a ViT patched by patch_timm_vit learns it from the images its "
-                "patch_embed sees; run the model (or forward_features) rather than its blocks alone"
-            )
-        if prefix + grid[0] * grid[1] != x.shape[1]:
-            raise ValueError(
-                f"the input's {grid[0]}x{grid[1]} patch grid and {prefix} prefix tokens make "
-                f"{prefix + grid[0] * grid[1]} tokens, but the attention got {x.shape[1]} (patch dropout, which "
-                "removes tokens, is not supported)"
-            )
-        return super().forward(x, grid, prefix)
-
-
-def _check_identity(module: nn.Module | None, what: str, index: int) -> None:
-    if module is not None and not isinstance(module, nn.Identity):
-        raise ValueError(f"blocks.{index}.attn has {what} ({type(module).__name__}), which ELFATT does not support")
-
-
-def _patched_attention(
-    attn: nn.Module, index: int, token_grid: _TokenGrid, options: dict[str, Any], split: float | None
-) -> TimmELFATTAttention:
-    """An ELFATT layer that takes over ``attn``'s ``qkv``, ``proj`` and qk norms, with zero LePE convs."""
-    for name in ("qkv", "proj", "num_heads"):
-        if not hasattr(attn, name):
-            raise ValueError(
-                f"blocks.{index}.attn ({type(attn).__name__}) has no {name!r}: patch_timm_vit needs timm's "
-                "Attention (a fused qkv Linear, proj, num_heads)"
-            )
-    qkv, proj, num_heads = attn.qkv, attn.proj, attn.num_heads
-    if not isinstance(qkv, nn.Linear) or not isinstance(proj, nn.Linear):
-        raise ValueError(f"blocks.{index}.attn.qkv and .proj must be nn.Linear")
-    head_dim = getattr(attn, "head_dim", qkv.in_features // num_heads)
-    dim = num_heads * head_dim
-    if qkv.in_features != dim or qkv.out_features != 3 * dim or proj.in_features != dim:
-        raise ValueError(
-            f"blocks.{index}.attn: ELFATT needs qkv [{dim} -> {3 * dim}] and proj [{dim} -> ...] for {num_heads} "
-            f"heads of {head_dim}, got qkv [{qkv.in_features} -> {qkv.out_features}] and proj [{proj.in_features} "
-            "-> ...]"
-        )
-    _check_identity(getattr(attn, "norm", None), "an attention output norm (scale_norm)", index)
-    if getattr(attn, "gate", None) is not None:
-        raise ValueError(f"blocks.{index}.attn has an output gate, which ELFATT does not support")
-    attn_drop, proj_drop = getattr(attn, "attn_drop", None), getattr(attn, "proj_drop", None)
-    layer = TimmELFATTAttention(
-        dim,
-        num_heads,
-        token_grid=token_grid,
-        split=half_split(num_heads) if split is None else split,
-        attn_drop=getattr(attn_drop, "p", 0.0),
-        proj_drop=getattr(proj_drop, "p", 0.0),
-        fused_attn=getattr(attn, "fused_attn", True),
-        **options,
-    )
-    # The pretrained modules themselves, not copies: their parameters stay the ones an optimizer or EMA tracks.
-    layer.qkv, layer.proj = qkv, proj
-    for name in ("q_norm", "k_norm"):
-        norm = getattr(attn, name, None)
-        setattr(layer, name, nn.Identity() if norm is None else norm)
-    layer.train(attn.training)
-    # LePE starts at zero, so the patched model differs from the pretrained one by the attention alone.
-    for lepe_module in (layer.global_lepe, layer.block_lepe):
-        if lepe_module is not None:
-            lepe_module.to(device=qkv.weight.device, dtype=qkv.weight.dtype)
-            nn.init.zeros_(lepe_module.conv.weight)
-            nn.init.zeros_(lepe_module.conv.bias)
-    return layer
-
-
-def _num_prefix_tokens(model: nn.Module) -> int:
-    if hasattr(model, "num_prefix_tokens"):
-        return int(model.num_prefix_tokens)
-    count = int(getattr(model, "cls_token", None) is not None)
-    reg_token = getattr(model, "reg_token", None)
-    return count + (0 if reg_token is None else reg_token.shape[1])
-
-
-def patch_timm_vit(
-    model: nn.Module,
-    *,
-    block: BlockSpec | None = None,
-    num_blocks: int | tuple[int, int] | None = None,
-    split: float | None = None,
-) -> nn.Module:
-    """Swap the attention of a timm ``VisionTransformer`` for ELFATT in place, keeping its pretrained weights.
-
-    Each ``model.blocks[i].attn`` (timm's ``Attention``) becomes a :class:`TimmELFATTAttention` that takes over its
-    ``qkv`` and ``proj`` modules (the same parameters, device and dtype) and its ``q_norm`` / ``k_norm``, and adds
-    LePE convs initialised to zero, so LePE adds nothing until fine-tuning trains it. Prefix tokens
-    (``model.num_prefix_tokens``: class, registers) attend as :func:`~elfatt.functional.elfatt` says of
-    ``num_prefix_tokens``. The token grid comes
-    from the input: a forward pre-hook on ``model.patch_embed`` (called by ``forward``, ``forward_features`` and
-    ``forward_intermediates`` alike) records the images' size and turns it into the grid with the patch
-    embedding's ``dynamic_feat_size`` (or ``patch_size``), so ``dynamic_img_size=True`` models take any size.
-
-    Only the structure is used (duck typing), so timm itself is not imported. Patching a model twice changes
-    nothing the second time (the arguments of the second call are ignored). The recorded grid is the last input's:
-    with gradient checkpointing, run the backward pass before the next forward of another size.
-
-    Args:
-        model: a timm ``VisionTransformer`` or any module with ``patch_embed`` (with ``patch_size``),
-            ``blocks[i].attn`` (with ``qkv``, ``proj``, ``num_heads``, ``head_dim``) and ``num_prefix_tokens``.
-        block: a fixed block of the softmax heads ``(bh, bw)`` (linear cost).
-        num_blocks: instead, the paper's fixed block count ``(nh, nw)``; ``(2, 2)`` when neither is given.
-        split: fraction of global linear heads; None for half, rounded down for odd head counts.
-
-    Returns:
-        ``model``, patched.
-
-    Raises:
-        ValueError: for a model without that structure, attention with an output norm or gate, active patch
-            dropout, or a block spec that is not valid.
-    """
-    if block is not None and num_blocks is not None:
-        raise ValueError("give either block (a fixed block size) or num_blocks (a fixed block count), not both")
-    if isinstance(model, VisionTransformerELFATT):
-        raise ValueError("the model is already a VisionTransformerELFATT; patch_timm_vit is for timm ViTs")
-    for name in ("patch_embed", "blocks"):
-        if not hasattr(model, name):
-            raise ValueError(f"patch_timm_vit needs a timm VisionTransformer; {type(model).__name__} has no {name!r}")
-    if not hasattr(model.patch_embed, "patch_size") and not hasattr(model.patch_embed, "dynamic_feat_size"):
-        raise ValueError("model.patch_embed has no patch_size to derive the token grid from")
-    patch_drop = getattr(model, "patch_drop", None)
-    if patch_drop is not None and getattr(patch_drop, "prob", 0.0) > 0.0:
-        raise ValueError("patch dropout removes tokens from the grid; build the ViT with patch_drop_rate=0")
-    options = dict(block=block, num_blocks=DEFAULT_NUM_BLOCKS if block is None and num_blocks is None else num_blocks)
-    hooks = model.patch_embed._forward_pre_hooks.values()
-    token_grid = next((hook for hook in hooks if isinstance(hook, _TokenGrid)), None)
-    new_grid = token_grid is None
-    if new_grid:
-        token_grid = _TokenGrid(_num_prefix_tokens(model))
-    # Every layer is built before any is swapped in, so a model that cannot be patched is left as it was.
-    layers = {}
-    for index, vit_block in enumerate(model.blocks):
-        attn = getattr(vit_block, "attn", None)
-        if isinstance(attn, TimmELFATTAttention):
-            continue
-        if isinstance(attn, ELFATTAttention):
-            raise ValueError(f"blocks.{index}.attn is already an ELFATT layer that its block hands the grid to")
-        if attn is None:
-            raise ValueError(f"blocks.{index} ({type(vit_block).__name__}) has no attn to replace")
-        layers[index] = _patched_attention(attn, index, token_grid, options, split)
-    for index, layer in layers.items():
-        model.blocks[index].attn = layer
-    if new_grid:
-        model.patch_embed.register_forward_pre_hook(token_grid)
-    return model
+            intermediates.append((grid, prefix) if request.return_prefix_tokens else grid)
+        return x, intermediates
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -803,25 +395,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: VisionTransformerELF
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "mit",
-        "paper_ids": "arXiv:2501.06098",
-        "paper_name": "ELFATT: Efficient Linear Fast Attention for Vision Transformers",
-        "origin_url": "https://github.com/Alicewithrabbit/ELFTEST",
-        "notes": ("No ELFATT weights; start from DeiT / timm ViT weights with checkpoint_filter_fn and fine-tune.",),
-        **kwargs,
-    }
+    notes = ("No ELFATT weights; start from DeiT / timm ViT weights with checkpoint_filter_fn and fine-tune.",)
+    return elfatt_cfg(**{"pool_size": None, "crop_pct": 0.875, "notes": notes, **kwargs})
 
 
 # Read by timm's register_model at decoration time, so defined before the entrypoints.

@@ -146,14 +146,14 @@ def test_grad_checkpointing_matches(name, generator):
     grads = {k: p.grad.clone() for k, p in model.named_parameters()}
     model.zero_grad()
     model.set_grad_checkpointing(True)
-    assert all(stage.grad_checkpointing for stage in model.stages)
+    assert all(block.grad_checkpointing for stage in model.stages for block in stage.blocks)
     out_checkpointed = model(x)
     out_checkpointed.square().mean().backward()
     torch.testing.assert_close(out_checkpointed, out)
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[k], msg=lambda m, k=k: f"{k}: {m}")
     model.set_grad_checkpointing(False)
-    assert not any(stage.grad_checkpointing for stage in model.stages)
+    assert not any(block.grad_checkpointing for stage in model.stages for block in stage.blocks)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

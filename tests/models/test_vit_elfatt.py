@@ -17,7 +17,8 @@ import elfatt
 import elfatt.models as models
 import elfatt.reference as reference
 from elfatt.models import PrefixELFATTAttention, VisionTransformerELFATT, patch_timm_vit
-from elfatt.models.vit_elfatt import TimmELFATTAttention, checkpoint_filter_fn, resample_abs_pos_embed
+from elfatt.models.timm_vit_patch import TimmELFATTAttention
+from elfatt.models.vit_elfatt import checkpoint_filter_fn, resample_abs_pos_embed
 
 VARIANTS = ["vit_elfatt_tiny_patch16_224", "vit_elfatt_small_patch16_224", "vit_elfatt_base_patch16_224"]
 # Reduced config: DeiT-Ti's 3 heads (1 global, 2 blockified) at a fraction of the cost.
