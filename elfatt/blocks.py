@@ -128,7 +128,7 @@ def grid_to_blocks(grid: Tensor, bh: int, bw: int) -> Tensor:
     """``[B, h, H, W, d]`` with ``bh | H`` and ``bw | W`` -> ``[B, h, nb, bh * bw, d]``, blocks in row-major order."""
     batch, heads, height, width, dim = grid.shape
     blocks = grid.reshape(batch, heads, height // bh, bh, width // bw, bw, dim).transpose(3, 4)
-    return blocks.reshape(batch, heads, -1, bh * bw, dim)
+    return blocks.reshape(batch, heads, (height // bh) * (width // bw), bh * bw, dim)
 
 
 def blocks_to_grid(blocks: Tensor, height: int, width: int, bh: int, bw: int) -> Tensor:

@@ -92,3 +92,23 @@ def test_lepe_module_matches_functional(generator):
     v = torch.randn(2, 3, 35, 4, generator=generator)
     expected = reference.lepe(v, (5, 7), module.conv.weight, module.conv.bias, (2, 3))
     assert_close(module(v, (5, 7), block=(2, 3)), expected, torch.float32)
+
+
+@pytest.mark.parametrize(
+    "options", [dict(block=(3, 4)), dict(num_blocks=(2, 3)), dict(block=(2, None)), dict(split=1.0), dict(split=0.0)]
+)
+@pytest.mark.parametrize("prefix", [0, 2])
+def test_an_empty_batch_gives_an_empty_output_and_gradients(options, prefix):
+    """As PyTorch's own layers do (nn.MultiheadAttention, nn.Linear): batch size 0 in, batch size 0 out."""
+    layer = elfatt.ELFATTAttention(24, 4, qkv_bias=True, **options)
+    x = torch.randn(0, prefix + 5 * 7, 24, requires_grad=True)
+    out = layer(x, (5, 7), prefix)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, parameter in layer.named_parameters():  # a sum over no rows: every gradient is zero
+        assert parameter.grad is not None and torch.equal(parameter.grad, torch.zeros_like(parameter)), name
+    q = torch.randn(0, 4, 35, 6, requires_grad=True)
+    assert elfatt.elfatt(q, q, q, (5, 7), block=(2, 3)).shape == q.shape
+    with torch.no_grad():
+        assert layer.eval()(torch.randn(0, prefix + 35, 24), (5, 7), prefix).shape == (0, prefix + 35, 24)

@@ -187,7 +187,7 @@ class ELFATTStage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
         batch, channels, height, width = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        x = x.flatten(2).transpose(1, 2).contiguous()
         for block in self.blocks:
             x = block(x, (height, width))
         return x.transpose(1, 2).reshape(batch, channels, height, width)

@@ -47,18 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train per parsed ``args``; a bad option is one line on stderr and exit status 2."""
-    from elfatt.train.loop import TrainConfig, train
+    from elfatt.train.loop import RunAborted, TrainConfig, train
 
     options = {key: value for key, value in vars(args).items() if key in TrainConfig.__dataclass_fields__}
     config = TrainConfig(**options, progress=not args.no_progress)
-    if config.resume is not None and not config.resume.is_file():
-        print(f"elfatt train: error: no checkpoint at {config.resume}", file=sys.stderr)
-        return 2
     try:
         train(config)
     except (ValueError, ImportError) as error:
         print(f"elfatt train: error: {error}", file=sys.stderr)
         return 2
+    except RunAborted as error:
+        print(f"elfatt train: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

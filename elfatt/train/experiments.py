@@ -21,9 +21,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
 from elfatt._csv import write_rows
+from elfatt.train.checkpoint import CheckpointError, load_checkpoint, saved_config
 from elfatt.train.loop import TrainConfig, train
 
 __all__ = ["MECHANISMS", "PRESETS", "main"]
@@ -114,10 +113,12 @@ def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> 
             checkpoint = _run_dir(out, mechanism, seed) / "last.pt"
             if (mechanism, seed) in rerun or not checkpoint.is_file():
                 continue
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            try:
+                state = load_checkpoint(checkpoint)
+            except CheckpointError:
+                continue
             expected = _run_config(base, out, mechanism, seed)
-            # Options added since the run was saved have defaults that keep the old behaviour; removed ones were unused.
-            saved = {key: state["config"].get(key, default) for key, default in asdict(TrainConfig()).items()}
+            saved = saved_config(state, TrainConfig())
             if _settings(saved) != _settings(asdict(expected)) or state["epoch"] + 1 != expected.epochs:
                 continue
             numbers = {key: float(value) for key, value in row.items() if key not in ("mechanism", "seed")}

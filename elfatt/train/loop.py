@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -24,10 +26,14 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from elfatt._csv import write_rows
 from elfatt._memory import peak_rss_mib, reset_peak_rss
+from elfatt.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
 from elfatt.train.model import build_model
 from elfatt.train.tasks import build_task
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "RunAborted", "train"]
+
+# How long a process of a distributed run waits for the others in one collective before it gives up.
+DDP_TIMEOUT = timedelta(minutes=5)
 
 
 @dataclass
@@ -78,7 +84,7 @@ def _setup(config: TrainConfig) -> _Distributed:
         return _Distributed(device=torch.device(config.device))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     on_cuda = config.device.startswith("cuda")
-    dist.init_process_group("nccl" if on_cuda else "gloo")
+    dist.init_process_group("nccl" if on_cuda else "gloo", timeout=DDP_TIMEOUT)
     device = torch.device("cuda", local_rank) if on_cuda else torch.device("cpu")
     if on_cuda:
         torch.cuda.set_device(device)
@@ -153,15 +159,30 @@ def _run_epoch(model, loader, setup, config, *, optimizer=None, scheduler=None, 
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
+class RunAborted(RuntimeError):
+    """A process of a distributed run stopped, so this one cannot go on; the message is one line."""
+
+
 def train(config: TrainConfig) -> list[dict]:
-    """Train and evaluate per ``config``; returns the per-epoch log (also in ``out/log.csv``, ``out/curves.png``)."""
+    """Train and evaluate per ``config``; returns the per-epoch log (also in ``out/log.csv``, ``out/curves.png``).
+
+    Raises:
+        CheckpointError: ``config.resume`` cannot be read or does not fit ``config``.
+        RunAborted: another process of a distributed run stopped (or did not answer within :data:`DDP_TIMEOUT`).
+    """
     setup = _setup(config)
     try:
-        history = _train(config, setup)
-        if setup.world > 1:
-            # Every rank waits for rank 0's last checkpoint and log; tearing gloo down early aborts the others.
-            dist.barrier()
-        return history
+        return _train(config, setup)
+    except RuntimeError as error:
+        if setup.world == 1 or isinstance(error, RunAborted):
+            raise
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        # gloo's messages start with their source location and end with advice about remote workers.
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0]
+        raise RunAborted(
+            f"rank {setup.rank} of {setup.world}: another process of the run stopped ({reason}); "
+            f"resume from {config.out / 'last.pt'} with --resume"
+        ) from None
     finally:
         if setup.world > 1:
             dist.destroy_process_group()
@@ -169,6 +190,9 @@ def train(config: TrainConfig) -> list[dict]:
 
 def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
     _reset_peak_memory(setup.device)
+    # A checkpoint that cannot be read or does not fit is refused before any data is made.
+    state = None if config.resume is None else load_checkpoint(config.resume, setup.device)
+    start_epoch = 0 if state is None else check_resume(state, config, config.resume)
     torch.manual_seed(config.seed)
     task = build_task(
         config.task,
@@ -197,14 +221,12 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, len(train_loader)))
     scaler = torch.amp.GradScaler(setup.device.type, enabled=config.amp and setup.device.type == "cuda")
     history: list[dict] = []
-    start_epoch = 0
-    if config.resume is not None:
-        state = torch.load(config.resume, map_location=setup.device, weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        history, start_epoch = state["history"], state["epoch"] + 1
+        history = state["history"]
     config.out.mkdir(parents=True, exist_ok=True)
     best = max((row["val_acc"] for row in history), default=-1.0)
     for epoch in range(start_epoch, config.epochs):
@@ -250,11 +272,14 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
                 history=history,
                 config=asdict(config),
             )
-            torch.save(state, config.out / "last.pt")
+            save_checkpoint(state, config.out / "last.pt")
             if val_acc > best:
-                best = val_acc
-                torch.save(state, config.out / "best.pt")
+                save_checkpoint(state, config.out / "best.pt")
             _write_log(history, config.out)
+        best = max(best, val_acc)
+        if setup.world > 1:
+            # The other ranks wait until rank 0's checkpoint and log are complete.
+            dist.barrier()
     return history
 
 

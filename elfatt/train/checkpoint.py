@@ -1,0 +1,151 @@
+"""Training checkpoints: written atomically, read back with one-line errors, checked against the run resuming them.
+
+A checkpoint is written to a temporary file in its own folder, flushed and fsynced, then renamed over the old one
+(``os.replace``, atomic on POSIX), so a crash, a kill or a full disk during a save leaves the previous checkpoint
+whole. Temporary files left by writers that died are removed by the next save into the same folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_KEYS",
+    "RESUMABLE_CHANGES",
+    "CheckpointError",
+    "check_resume",
+    "load_checkpoint",
+    "save_checkpoint",
+    "saved_config",
+]
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "history", "config")
+# What a resumed run may change: where it writes, how long it trains, where it runs, how it loads and reports.
+RESUMABLE_CHANGES = frozenset({"epochs", "out", "resume", "progress", "workers", "device"})
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the command; the message is one line."""
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` atomically: whatever happens during the save, ``path`` holds either the previous
+    checkpoint or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable: fsync the folder's entry table (not possible on every platform)."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files of saves to ``path`` whose writing process no longer runs; returns them."""
+    removed = []
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = temporary.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_runs(int(pid)):
+            temporary.unlink(missing_ok=True)
+            removed.append(temporary)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """The checkpoint at ``path``.
+
+    Raises:
+        CheckpointError: in one line, for a missing, truncated, empty or foreign file, naming the other readable
+            checkpoints of the same folder to resume from instead.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # a truncated zip, an empty file, a pickle of something else: all mean "unreadable"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} ({reason}); {_alternatives(path)}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        what = f"no {', '.join(missing)}"
+        raise CheckpointError(f"{path} is not a checkpoint of elfatt train ({what}); {_alternatives(path)}")
+    return state
+
+
+def _alternatives(path: Path) -> str:
+    """What to do instead of resuming from the unreadable ``path``: the folder's other readable checkpoints."""
+    readable = []
+    for other in sorted(path.parent.glob("*.pt")):
+        if other.resolve() == path.resolve():
+            continue
+        try:
+            state = torch.load(other, map_location="cpu", weights_only=False)
+            readable.append(f"{other} (epoch {int(state['epoch']) + 1})")
+        except Exception:  # noqa: S112 - an unreadable neighbour is simply not offered
+            continue
+    if readable:
+        return f"resume from {' or '.join(readable)} instead, or start afresh without --resume"
+    return "no other readable checkpoint in its folder: start afresh without --resume"
+
+
+def saved_config(state: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    """The config a checkpoint was saved with, an option added since then at its default ``defaults`` (a
+    ``TrainConfig``), which keeps the old behaviour."""
+    return {key: state["config"].get(key, default) for key, default in asdict(defaults).items()}
+
+
+def check_resume(state: dict[str, Any], config: Any, path: Path) -> int:
+    """Check that ``config`` (a ``TrainConfig``) continues the run saved in ``state``; return the first epoch to
+    train.
+
+    Raises:
+        CheckpointError: the command differs from the run in anything but :data:`RESUMABLE_CHANGES`, or asks for
+            no more epochs than the checkpoint has trained.
+    """
+    saved = saved_config(state, type(config)())
+    asked = asdict(config)
+    changed = [key for key in asked if key not in RESUMABLE_CHANGES and saved[key] != asked[key]]
+    if changed:
+        was = ", ".join(f"{key}={saved[key]}" for key in changed)
+        now = ", ".join(f"{key}={asked[key]}" for key in changed)
+        raise CheckpointError(
+            f"{path} was saved by a run with {was}, but this command has {now}: resume with the run's options, "
+            "or start a new run with another --out"
+        )
+    done = int(state["epoch"]) + 1
+    if config.epochs <= done:
+        raise CheckpointError(f"{path} has trained {done} epochs already, --epochs is {config.epochs}: pass more")
+    return done
