@@ -167,11 +167,15 @@ def export_onnx(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``elfatt export``."""
+    from elfatt._arguments import int_at_least, output_file
+
     parser.add_argument("model", help="a registered model, e.g. cswin_elfatt_tiny_224 (any timm model works)")
-    parser.add_argument("--out", type=Path, default=None, help="the .onnx file (default: <model>.onnx)")
-    parser.add_argument("--size", type=int, nargs="+", default=[224], metavar="SIDE", help="H [W] of the example")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument("--out", type=output_file, default=None, help="the .onnx file (default: <model>.onnx)")
+    parser.add_argument(
+        "--size", type=int_at_least(1), nargs="+", default=[224], metavar="SIDE", help="H [W] of the example"
+    )
+    parser.add_argument("--batch-size", type=int_at_least(1), default=1)
+    parser.add_argument("--num-classes", type=int_at_least(0), default=None)
     parser.add_argument("--static", action="store_true", help="fix batch, height and width to the example's")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
 

@@ -19,8 +19,11 @@ GPU_RESOLUTIONS = (224, 384, 512, 768, 1024)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
+    from elfatt._arguments import device, finite_float, int_at_least, output_folder
     from elfatt.attention import MECHANISMS
     from elfatt.bench.runner import DEFAULT_BENCH_MECHANISMS
+
+    positive = int_at_least(1)
 
     parser.add_argument("--levels", nargs="+", default=["op", "model"], choices=["op", "model"])
     parser.add_argument(
@@ -37,23 +40,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model level: whole backbones too (default: swin/cswin_elfatt_tiny_224, and "
         "timm:swin_tiny_patch4_window7_224 timm:vit_small_patch16_224 where timm imports)",
     )
-    parser.add_argument("--sides", nargs="+", type=int, help="op level: grid sides (default by device)")
-    parser.add_argument("--resolutions", nargs="+", type=int, help="model level: image sides, multiples of 16")
-    parser.add_argument("--dim", type=int, default=128, help="op level: channels")
-    parser.add_argument("--heads", type=int, default=4, help="op level: heads")
+    parser.add_argument("--sides", nargs="+", type=positive, help="op level: grid sides (default by device)")
+    parser.add_argument("--resolutions", nargs="+", type=positive, help="model level: image sides, multiples of 16")
+    parser.add_argument("--dim", type=positive, default=128, help="op level: channels")
+    parser.add_argument("--heads", type=positive, default=4, help="op level: heads")
     parser.add_argument("--layout", default="vit_small", help="model level: vit_micro, vit_tiny, vit_small, vit_base")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch", type=positive, default=1)
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="fp32", help="fp32, or bf16/fp16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile every module")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per cell (median reported)")
+    parser.add_argument("--warmup", type=int_at_least(0), default=1)
+    parser.add_argument("--repeats", type=positive, default=5, help="timed calls per cell (median reported)")
     parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"], help="op level: fwd and/or fwd+bwd")
     parser.add_argument("--model-passes", nargs="+", default=["fwd"], help="model level: fwd and/or fwd+bwd")
     parser.add_argument(
-        "--cell-budget", type=float, default=20.0, help="skip a cell predicted to take longer (s), 0: never skip"
+        "--cell-budget",
+        type=finite_float(0.0),
+        default=20.0,
+        help="skip a cell predicted to take longer (s), 0: never skip",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory")
+    parser.add_argument("--out", type=output_folder, default=Path("bench-results"), help="output directory")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -68,9 +68,13 @@ class BenchConfig:
             raise ValueError("batch and repeats must be >= 1, warmup >= 0")
         if self.repeat_budget_s <= 0 or self.cell_budget_s < 0:
             raise ValueError("repeat budget must be > 0 and cell budget >= 0 (0: no limit)")
+        if self.dim < 1 or self.heads < 1:
+            raise ValueError(f"dim and heads must be >= 1, got dim={self.dim}, heads={self.heads}")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
         device = torch.device(self.device)
+        if device.type == "meta":
+            raise ValueError("device meta computes nothing to time; use cpu or cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda requested but torch sees no CUDA GPU")
         if self.dtype != "fp32":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["cache_dir", "cache_path", "cached"]
+from elfatt._atomic import atomic_save
+
+__all__ = ["cache_dir", "cache_path", "cached", "checksum"]
 
 
 def cache_dir(root: str | os.PathLike[str] | None = None) -> Path:
@@ -37,6 +39,29 @@ def cache_path(name: str, params: dict[str, Any], root: str | os.PathLike[str] |
     return cache_dir(root) / f"{name}-{digest}.pt"
 
 
+def checksum(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors``, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_whole(path: Path) -> dict[str, Tensor] | str:
+    """The tensors cached at ``path``, or why they cannot be trusted (unreadable, no checksum, or another one)."""
+    try:
+        entry = torch.load(path, weights_only=True)
+    except Exception as error:  # a truncated or garbled file: all that matters is that it cannot be read
+        return f"it cannot be read ({(str(error).strip().splitlines() or [type(error).__name__])[0]})"
+    if not isinstance(entry, dict) or set(entry) != {"tensors", "sha256"}:
+        return "it has no checksum (written by an older elfatt)"
+    if checksum(entry["tensors"]) != entry["sha256"]:
+        return "its contents do not match their checksum"
+    return entry["tensors"]
+
+
 def cached(
     name: str,
     params: dict[str, Any],
@@ -45,8 +70,9 @@ def cached(
 ) -> dict[str, Tensor]:
     """Tensors of data set ``name`` with ``params``: loaded from the cache, or built and saved there first.
 
-    The file is written to a temporary name in the same folder and renamed into place, so a reader never sees half
-    a file, and two processes building the same set at once both end with a whole one.
+    Each entry is saved with the SHA-256 of its tensors and written atomically (:func:`~elfatt._atomic.atomic_save`),
+    so a reader never sees half a file and two processes building the same set at once both end with a whole one.
+    An entry that cannot be read or fails its checksum is rebuilt, with a one-line notice on stderr.
 
     Args:
         name: data set name, the start of the file name.
@@ -59,19 +85,13 @@ def cached(
     """
     path = cache_path(name, params, root)
     if path.exists():
-        return torch.load(path, weights_only=True)
+        loaded = _load_whole(path)
+        if not isinstance(loaded, str):
+            return loaded
+        print(f"elfatt: the cached {name} data set {path} is damaged: {loaded}; rebuilding it", file=sys.stderr)
     data = build()
     if not isinstance(data, dict) or not all(isinstance(value, Tensor) for value in data.values()):
         raise TypeError(f"build must return a dict of tensors, got {type(data).__name__}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(data, file)
-        # mkstemp makes the file private; a cache is as readable as any other file.
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    # The cache is as readable as any other file, not private as mkstemp makes it.
+    atomic_save(dict(tensors=data, sha256=checksum(data)), path, mode=0o644)
     return data

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["digits", "ImageFolder"]
+__all__ = ["digits", "ImageFolder", "UnreadableImage"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -40,13 +41,34 @@ def digits(split: str, *, val_fraction: float = 0.2, seed: int = 0) -> TensorDat
     return TensorDataset(images[chosen], labels[chosen])
 
 
+class UnreadableImage(ValueError):
+    """An image file that Pillow cannot read; the message is one line naming the file."""
+
+
+def _read_rgb(path: Path, size: int) -> Tensor:
+    """The image at ``path`` as RGB ``[3, size, size]`` in ``[0, 1]``; :class:`UnreadableImage` if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB").resize((size, size), Image.BILINEAR)
+            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UnreadableImage(f"cannot read image {path}: {reason}") from None
+    return pixels.reshape(size, size, 3).permute(2, 0, 1).float() / 255.0
+
+
 class ImageFolder(Dataset):
     """``root/<class>/<image>`` folders (torchvision's ImageFolder layout), read with Pillow, resized to ``size``.
 
-    Classes are the sorted sub-folder names; images are RGB tensors in ``[0, 1]``, ``[3, size, size]``.
+    Classes are the sorted sub-folder names; images are RGB tensors in ``[0, 1]``, ``[3, size, size]``. A class
+    folder without images is refused. An image that cannot be read raises :class:`UnreadableImage` (one line, naming
+    the file) when it is loaded; with ``skip_unreadable`` every image is decoded once up front and those that fail
+    are left out, with a one-line count on stderr.
     """
 
-    def __init__(self, root: str | Path, size: int = 224) -> None:
+    def __init__(self, root: str | Path, size: int = 224, *, skip_unreadable: bool = False) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"image folder {self.root} does not exist")
@@ -59,18 +81,33 @@ class ImageFolder(Dataset):
             for path in sorted((self.root / name).rglob("*"))
             if path.suffix.lower() in IMAGE_SUFFIXES
         ]
-        if not self.samples:
-            raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {self.root}")
         self.size = size
+        if skip_unreadable:
+            self._drop_unreadable()
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
+        if empty:
+            readable = " readable" if skip_unreadable else ""
+            raise ValueError(
+                f"class folder(s) without{readable} images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {self.root}: "
+                f"{', '.join(empty)}; add images or remove the folder(s)"
+            )
+
+    def _drop_unreadable(self) -> None:
+        readable, unreadable = [], []
+        for path, label in self.samples:
+            try:
+                _read_rgb(path, 1)
+                readable.append((path, label))
+            except UnreadableImage as error:
+                unreadable.append(str(error))
+        if unreadable:
+            print(f"elfatt: skipped {len(unreadable)} unreadable image(s) under {self.root}; first: {unreadable[0]}",
+                  file=sys.stderr)  # fmt: skip
+        self.samples = readable
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from PIL import Image
-
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-        return pixels.reshape(self.size, self.size, 3).permute(2, 0, 1).float() / 255.0, label
+        return _read_rgb(path, self.size), label

@@ -7,14 +7,13 @@ whole. Temporary files left by writers that died are removed by the next save in
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from elfatt._atomic import atomic_save, remove_stale_temporaries
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -22,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "check_resume",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "save_checkpoint",
     "saved_config",
 ]
@@ -36,52 +36,9 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` atomically: whatever happens during the save, ``path`` holds either the previous
-    checkpoint or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable: fsync the folder's entry table (not possible on every platform)."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Remove the temporary files of saves to ``path`` whose writing process no longer runs; returns them."""
-    removed = []
-    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = temporary.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_runs(int(pid)):
-            temporary.unlink(missing_ok=True)
-            removed.append(temporary)
-    return removed
-
-
-def _process_runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Write ``state`` to ``path`` atomically (:func:`~elfatt._atomic.atomic_save`): whatever happens during the
+    save, ``path`` holds either the previous checkpoint or the new one, whole."""
+    atomic_save(state, path)
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:

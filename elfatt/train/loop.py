@@ -24,13 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from elfatt._arguments import writable_folder_error
 from elfatt._csv import write_rows
 from elfatt._memory import peak_rss_mib, reset_peak_rss
+from elfatt.attention import MECHANISMS
+from elfatt.data.cache import cache_dir
 from elfatt.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
 from elfatt.train.model import build_model
-from elfatt.train.tasks import build_task
+from elfatt.train.tasks import build_task, check_task_name, image_side, is_generated
 
-__all__ = ["TrainConfig", "RunAborted", "train"]
+__all__ = ["TrainConfig", "check_config", "TrainingStopped", "RunAborted", "NonFiniteLoss", "train"]
 
 # How long a process of a distributed run waits for the others in one collective before it gives up.
 DDP_TIMEOUT = timedelta(minutes=5)
@@ -62,9 +65,15 @@ class TrainConfig:
     max_length: int = 500
     path_length: int = 14
     workers: int = 0
+    skip_unreadable_images: bool = False
     out: Path = Path("train-results/run")
     resume: Path | None = None
     progress: bool = True
+
+
+# Options that count something and need at least one of it.
+POSITIVE_OPTIONS = ("epochs", "batch_size", "dim", "depth", "heads", "patch", "train_samples", "val_samples")
+POSITIVE_OPTIONS += ("image_size", "max_length", "path_length")
 
 
 @dataclass
@@ -142,25 +151,73 @@ def _run_epoch(model, loader, setup, config, *, optimizer=None, scheduler=None, 
         with torch.set_grad_enabled(training), autocast:
             logits = model(inputs)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing if training else 0.0)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"the {'training' if training else 'validation'} loss is {loss_value}")
         if training:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-        total_loss += loss.item() * len(labels)
+        total_loss += loss_value * len(labels)
         correct += (logits.argmax(dim=-1) == labels).sum().item()
         count += len(labels)
         if progress:
-            progress.update(task_id, advance=1, description=f"{'train' if training else 'eval'} loss {loss.item():.3f}")
+            progress.update(task_id, advance=1, description=f"{'train' if training else 'eval'} loss {loss_value:.3f}")
     if progress:
         progress.remove_task(task_id)
     total_loss, correct, count = _reduce([total_loss, correct, count], setup)
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
-class RunAborted(RuntimeError):
-    """A process of a distributed run stopped, so this one cannot go on; the message is one line."""
+def check_config(config: TrainConfig) -> None:
+    """Check ``config`` before any data is made: every count in range, and what the options mean together.
+
+    Raises:
+        ValueError: a count or rate out of range, an unknown task or model, heads that do not split ``dim``, a patch
+            that does not divide the images, or an output folder or data cache that cannot be written.
+    """
+    for name in POSITIVE_OPTIONS:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not (math.isfinite(config.lr) and config.lr > 0) or not 0 <= config.label_smoothing < 1:
+        raise ValueError(f"lr must be > 0 and label_smoothing in [0, 1), got {config.lr}, {config.label_smoothing}")
+    if config.weight_decay < 0 or config.warmup_epochs < 0 or config.workers < 0:
+        raise ValueError("weight_decay, warmup_epochs and workers must be >= 0")
+    problem = writable_folder_error(config.out)
+    if problem:
+        raise ValueError(f"--out: {problem}")
+    check_task_name(config.task)
+    if config.model not in MECHANISMS:
+        from elfatt.models import is_model
+
+        if not is_model(config.model):
+            raise ValueError(
+                f"unknown model {config.model!r}: an attention mechanism ({', '.join(MECHANISMS)}) or a backbone"
+            )
+    else:
+        if config.dim % config.heads:
+            raise ValueError(f"--dim {config.dim} does not split into --heads {config.heads}")
+        side = image_side(config.task, config.image_size)
+        if side is not None and side % config.patch:
+            raise ValueError(f"--patch {config.patch} does not divide the task's {side}x{side} images")
+    if is_generated(config.task):
+        problem = writable_folder_error(cache_dir())
+        if problem:
+            raise ValueError(f"the data cache ($ELFATT_DATA_DIR or ~/.cache/elfatt/data): {problem}")
+
+
+class TrainingStopped(RuntimeError):
+    """A run that cannot go on; the message is one line and says what to do."""
+
+
+class RunAborted(TrainingStopped):
+    """A process of a distributed run stopped, so this one cannot go on."""
+
+
+class NonFiniteLoss(TrainingStopped):
+    """The loss became NaN or infinite: training stops before the step that would spread it into the weights."""
 
 
 def train(config: TrainConfig) -> list[dict]:
@@ -169,12 +226,14 @@ def train(config: TrainConfig) -> list[dict]:
     Raises:
         CheckpointError: ``config.resume`` cannot be read or does not fit ``config``.
         RunAborted: another process of a distributed run stopped (or did not answer within :data:`DDP_TIMEOUT`).
+        NonFiniteLoss: the loss became NaN or infinite; the checkpoints of the epochs before are left as they were.
     """
+    check_config(config)
     setup = _setup(config)
     try:
         return _train(config, setup)
     except RuntimeError as error:
-        if setup.world == 1 or isinstance(error, RunAborted):
+        if setup.world == 1 or isinstance(error, TrainingStopped):
             raise
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         # gloo's messages start with their source location and end with advice about remote workers.
@@ -202,6 +261,7 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
         image_size=config.image_size,
         max_length=config.max_length,
         path_length=config.path_length,
+        skip_unreadable_images=config.skip_unreadable_images,
     )
     model = build_model(
         config.model,
@@ -233,7 +293,7 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
         sampler.set_epoch(epoch)
         torch.manual_seed(config.seed + 1000 * epoch + setup.rank)
         start = time.perf_counter()
-        with _progress(config, setup) as progress:
+        with _progress(config, setup) as progress, _stop_on_non_finite_loss(config, epoch):
             train_loss, train_acc = _run_epoch(
                 ddp_model,
                 train_loader,
@@ -281,6 +341,20 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
             # The other ranks wait until rank 0's checkpoint and log are complete.
             dist.barrier()
     return history
+
+
+@contextlib.contextmanager
+def _stop_on_non_finite_loss(config: TrainConfig, epoch: int):
+    """Name the epoch and the checkpoint left as it was in a :class:`NonFiniteLoss`."""
+    try:
+        yield
+    except NonFiniteLoss as error:
+        kept = config.out / "last.pt"
+        where = f"{kept} (epoch {epoch}) is left as it was" if epoch and kept.is_file() else "no checkpoint was written"
+        raise NonFiniteLoss(
+            f"epoch {epoch + 1}: {error}; training stopped before it reached the weights and {where}: "
+            "lower --lr, raise --warmup-epochs, or try without --amp"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["Task", "TASKS", "build_task"]
+__all__ = ["Task", "TASKS", "build_task", "check_task_name", "image_side", "is_generated"]
 
 TASKS = ("digits", "pathfinder32", "pathfinder64", "pathfinder128", "listops", "folder:<path>")
 
@@ -75,6 +75,33 @@ def _listops(train_samples: int, val_samples: int, seed: int, max_length: int) -
     return split(train_samples, seed), split(val_samples, seed + 10_000)
 
 
+def check_task_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is one of :data:`TASKS` (a ``folder:`` task names an existing folder)."""
+    if name in TASKS[:-1]:
+        return
+    if name.startswith("folder:"):
+        root = Path(name.removeprefix("folder:"))
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise ValueError(f"task {name}: {root / split} does not exist (expected <path>/train and <path>/val)")
+        return
+    raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+
+
+def is_generated(name: str) -> bool:
+    """Whether the task's data is generated here and cached (Pathfinder, ListOps)."""
+    return name.startswith("pathfinder") or name == "listops"
+
+
+def image_side(name: str, image_size: int) -> int | None:
+    """The side of a task's images before patching (None for token tasks), known before any data is made."""
+    if name == "digits":
+        return 8
+    if name.startswith("pathfinder"):
+        return int(name.removeprefix("pathfinder"))
+    return image_size if name.startswith("folder:") else None
+
+
 def build_task(
     name: str,
     *,
@@ -84,6 +111,7 @@ def build_task(
     image_size: int = 224,
     max_length: int = 500,
     path_length: int = 14,
+    skip_unreadable_images: bool = False,
 ) -> Task:
     """Build a task by name (see :data:`TASKS`).
 
@@ -96,6 +124,8 @@ def build_task(
         image_size: side the folder task resizes images to.
         max_length: ListOps sequence length (padded).
         path_length: dashes per Pathfinder target path: LRA's 14, or Linsley et al.'s easier 6 and 9.
+        skip_unreadable_images: a folder task leaves out the images Pillow cannot read (after decoding every image
+            once), instead of stopping at the first one.
     """
     if name == "digits":
         from elfatt.data.images import digits
@@ -114,7 +144,9 @@ def build_task(
         from elfatt.data.images import ImageFolder
 
         root = Path(name.removeprefix("folder:"))
-        train, val = ImageFolder(root / "train", image_size), ImageFolder(root / "val", image_size)
+        train, val = (
+            ImageFolder(root / split, image_size, skip_unreadable=skip_unreadable_images) for split in ("train", "val")
+        )
         if train.classes != val.classes:
             raise ValueError(f"{root}/train and {root}/val have different classes")
         return Task(name, train, val, len(train.classes), "image", channels=3, image_size=image_size)

@@ -182,7 +182,7 @@ def test_two_processes_building_one_cache_end_with_one_whole_file(tmp_path):
     assert [builder.wait(timeout=120) for builder in builders] == [0, 0]
     (cache_file,) = tmp_path.iterdir()
     assert cache_file.name.startswith("race-")
-    assert torch.equal(torch.load(cache_file)["x"], torch.arange(100_000, dtype=torch.float32))
+    assert torch.equal(torch.load(cache_file)["tensors"]["x"], torch.arange(100_000, dtype=torch.float32))
 
 
 DYING_RANK = """
@@ -241,3 +241,18 @@ def test_a_dying_ddp_rank_stops_the_run_in_one_line_and_it_resumes(tmp_path):
     assert [result.returncode for result in resumed] == [0, 0], resumed[0].stderr[-2000:]
     assert "epoch 2/2" in resumed[0].stdout and "epoch 1/2" not in resumed[0].stdout
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(trained_run, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "last.pt").read_bytes()
+    real_cross_entropy = loop.F.cross_entropy
+    monkeypatch.setattr(loop.F, "cross_entropy", lambda *args, **kw: real_cross_entropy(*args, **kw) * float("nan"))
+    argv = [*CLI_TINY, "--epochs", "2", "--out", str(run), "--resume", str(run / "last.pt")]
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1, error
+    assert "epoch 2: the training loss is nan; training stopped before it reached the weights" in error
+    assert f"{run / 'last.pt'} (epoch 1) is left as it was" in error
+    assert (run / "last.pt").read_bytes() == before

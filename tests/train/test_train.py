@@ -86,22 +86,6 @@ def test_backbone_model_on_images(tmp_path):
     assert len(train(config)) == 1
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--task", "cifar10"], "unknown task 'cifar10'"),
-        (["--model", "resnet"], "unknown model 'resnet'"),
-        (["--resume", "/nonexistent/last.pt"], "no checkpoint"),
-        (["--task", "folder:/nonexistent"], "does not exist"),
-        (["--task", "pathfinder32", "--path-length", "0"], "contour_length must be at least 1"),
-    ],
-)
-def test_bad_options_are_one_line(argv, message, tmp_path, capsys):
-    assert main([*argv, "--out", str(tmp_path), "--no-progress"]) == 2
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and message in error[0]
-
-
 def test_unknown_pool_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--pool", "avg"])

@@ -1,0 +1,66 @@
+"""Files written atomically: a temporary file in the target's folder, flushed and fsynced, renamed over the target
+(``os.replace``, atomic on POSIX), so a crash, a kill or a full disk during a write leaves the previous file whole.
+Temporary files carry their writer's process id, so those of writers that died are found and removed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["atomic_save", "remove_stale_temporaries"]
+
+
+def atomic_save(obj: Any, path: Path, *, mode: int | None = None) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: whatever happens, ``path`` holds the previous file or the new
+    one, whole. ``mode`` sets the new file's permissions (``mkstemp`` makes it private)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable: fsync the folder's entry table (not possible on every platform)."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files of writes to ``path`` whose writing process no longer runs; returns them."""
+    removed = []
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = temporary.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_runs(int(pid)):
+            temporary.unlink(missing_ok=True)
+            removed.append(temporary)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
