@@ -1,0 +1,135 @@
+"""The patch checked by numbers at UNet level, in float64: with no global heads, one block over the whole latent and
+no merging it is the original attention; an SDXL-style UNet; a guidance-doubled batch equals its two halves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from diffusers import UNet2DConditionModel  # noqa: E402
+
+import elfatt.diffusion.processor as processor_module  # noqa: E402
+from elfatt.diffusion import apply_patch, remove_patch  # noqa: E402
+
+CONTEXT_DIM = 16
+TEXT_EMBED_DIM = 8
+TIME_EMBED_DIM = 4
+
+
+def sd_style_unet() -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CONTEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+
+
+def sdxl_style_unet() -> UNet2DConditionModel:
+    """SDXL's kind of UNet, small: linear projections in and out of the transformers, several transformer layers
+    per block, per-level head sizes, and the text-and-time added conditioning."""
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=CONTEXT_DIM,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=TEXT_EMBED_DIM + 6 * TIME_EMBED_DIM,
+        norm_num_groups=8,
+    ).eval()
+
+
+UNETS = {"sd": sd_style_unet, "sdxl": sdxl_style_unet}
+
+
+def _call(unet: UNet2DConditionModel, sample: torch.Tensor, context: torch.Tensor, extra: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return unet(sample, torch.tensor(321), context, **extra).sample
+
+
+def _inputs(kind: str, batch: int, latent: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    generator = torch.Generator().manual_seed(7)
+    sample = torch.randn(batch, 4, *latent, generator=generator, dtype=torch.float64)
+    context = torch.randn(batch, 5, CONTEXT_DIM, generator=generator, dtype=torch.float64)
+    extra = {}
+    if kind == "sdxl":
+        extra = dict(
+            added_cond_kwargs=dict(
+                text_embeds=torch.randn(batch, TEXT_EMBED_DIM, generator=generator, dtype=torch.float64),
+                time_ids=torch.tensor([[384.0, 512.0, 0.0, 0.0, 384.0, 512.0]] * batch, dtype=torch.float64),
+            )
+        )
+    return sample, context, extra
+
+
+@pytest.fixture
+def attended_grids(monkeypatch) -> list[tuple[int, int]]:
+    """The grids the patched layers ran their block attention on, so a test sees that layers were patched."""
+    grids: list[tuple[int, int]] = []
+    real = processor_module.block_attention
+
+    def spy(q, k, v, size, block, **kwargs):
+        grids.append(size)
+        return real(q, k, v, size, block, **kwargs)
+
+    monkeypatch.setattr(processor_module, "block_attention", spy)
+    return grids
+
+
+@pytest.mark.parametrize("kind", UNETS)
+@pytest.mark.parametrize("latent", [(12, 20), (9, 7)])
+def test_no_global_heads_one_block_and_no_merge_is_the_original_unet(kind, latent, attended_grids):
+    unet = UNETS[kind]().double()
+    sample, context, extra = _inputs(kind, 2, latent)
+    original = _call(unet, sample, context, extra)
+    apply_patch(unet, ratio=0.0, split=0.0, block=(None, None), max_downsample=2)
+    patched = _call(unet, sample, context, extra)
+    half = ((latent[0] + 1) // 2, (latent[1] + 1) // 2)
+    # Every self-attention layer of both levels: SD's 3 + 4, SDXL's with two transformer layers at the second level.
+    expected = {"sd": [latent] * 3 + [half] * 4, "sdxl": [latent] * 3 + [half] * 8}[kind]
+    assert sorted(attended_grids) == sorted(expected)
+    error = ((patched - original).abs().max() / original.abs().max()).item()
+    assert error < 1e-12, error
+
+
+@pytest.mark.parametrize("kind", UNETS)
+@pytest.mark.parametrize("random_destinations", [False, True])
+def test_a_guidance_doubled_batch_equals_its_halves(kind, random_destinations, attended_grids):
+    """Classifier-free guidance runs the unconditional and the conditional latent as one batch of two; merging,
+    ELFATT and the block layout must treat each half as if it ran alone (with the same random draws)."""
+    unet = UNETS[kind]().double()
+    sample, context, extra = _inputs(kind, 1, (12, 20))
+    doubled_sample = torch.cat([sample, sample])
+    doubled_context = torch.cat([torch.zeros_like(context), context])  # the "empty prompt" half, then the prompt
+    doubled_extra = {
+        "added_cond_kwargs": {key: torch.cat([value, value]) for key, value in extra["added_cond_kwargs"].items()}
+    } if extra else {}  # fmt: skip
+    options = dict(ratio=0.5, block=4, split=0.5, random_destinations=random_destinations, seed=3)
+    apply_patch(unet, **options)
+    doubled = _call(unet, doubled_sample, doubled_context, doubled_extra)
+    halves = []
+    for half_context in (torch.zeros_like(context), context):
+        remove_patch(unet)
+        apply_patch(unet, **options)  # the same random draws as the doubled call had
+        halves.append(_call(unet, sample, half_context, extra))
+    assert attended_grids, "no layer was patched"
+    error = ((doubled - torch.cat(halves)).abs().max() / doubled.abs().max()).item()
+    assert error < 1e-12, error
+    remove_patch(unet)
+    assert not torch.allclose(_call(unet, doubled_sample, doubled_context, doubled_extra), doubled)
