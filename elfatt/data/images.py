@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["digits", "ImageFolder", "UnreadableImage"]
 
@@ -45,30 +50,45 @@ class UnreadableImage(ValueError):
     """An image file that Pillow cannot read; the message is one line naming the file."""
 
 
-def _read_rgb(path: Path, size: int) -> Tensor:
-    """The image at ``path`` as RGB ``[3, size, size]`` in ``[0, 1]``; :class:`UnreadableImage` if it cannot be read."""
+def open_rgb(path: Path) -> Image.Image:
+    """The image at ``path``, decoded, as an RGB PIL image; :class:`UnreadableImage` if Pillow cannot read it."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB").resize((size, size), Image.BILINEAR)
-            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+            return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UnreadableImage(f"cannot read image {path}: {reason}") from None
+
+
+def resized_tensor(image: Image.Image, size: int) -> Tensor:
+    """``image`` resized to ``size x size`` (bilinear) as ``[3, size, size]`` in ``[0, 1]``."""
+    from PIL import Image
+
+    image = image.resize((size, size), Image.BILINEAR)
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     return pixels.reshape(size, size, 3).permute(2, 0, 1).float() / 255.0
 
 
 class ImageFolder(Dataset):
-    """``root/<class>/<image>`` folders (torchvision's ImageFolder layout), read with Pillow, resized to ``size``.
+    """``root/<class>/<image>`` folders (torchvision's ImageFolder layout), read with Pillow.
 
-    Classes are the sorted sub-folder names; images are RGB tensors in ``[0, 1]``, ``[3, size, size]``. A class
+    Classes are the sorted sub-folder names. Images go through ``transform`` (a PIL image to a tensor, e.g. timm's
+    ``create_transform``), or without one are resized to RGB tensors ``[3, size, size]`` in ``[0, 1]``. A class
     folder without images is refused. An image that cannot be read raises :class:`UnreadableImage` (one line, naming
     the file) when it is loaded; with ``skip_unreadable`` every image is decoded once up front and those that fail
     are left out, with a one-line count on stderr.
     """
 
-    def __init__(self, root: str | Path, size: int = 224, *, skip_unreadable: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        size: int = 224,
+        *,
+        transform: Callable[[Image.Image], Tensor] | None = None,
+        skip_unreadable: bool = False,
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"image folder {self.root} does not exist")
@@ -82,6 +102,7 @@ class ImageFolder(Dataset):
             if path.suffix.lower() in IMAGE_SUFFIXES
         ]
         self.size = size
+        self.transform = transform
         if skip_unreadable:
             self._drop_unreadable()
         empty = sorted(set(self.classes) - {self.classes[label] for _, label in self.samples})
@@ -96,7 +117,7 @@ class ImageFolder(Dataset):
         readable, unreadable = [], []
         for path, label in self.samples:
             try:
-                _read_rgb(path, 1)
+                open_rgb(path)
                 readable.append((path, label))
             except UnreadableImage as error:
                 unreadable.append(str(error))
@@ -110,4 +131,5 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.samples[index]
-        return _read_rgb(path, self.size), label
+        image = open_rgb(path)
+        return (resized_tensor(image, self.size) if self.transform is None else self.transform(image)), label

@@ -78,10 +78,15 @@ def _alternatives(path: Path) -> str:
     return "no other readable checkpoint in its folder: start afresh without --resume"
 
 
+# Options added since early checkpoints whose default does not describe those runs: the value that does.
+LEGACY_VALUES = {"recipe": 1}
+
+
 def saved_config(state: dict[str, Any], defaults: Any) -> dict[str, Any]:
-    """The config a checkpoint was saved with, an option added since then at its default ``defaults`` (a
-    ``TrainConfig``), which keeps the old behaviour."""
-    return {key: state["config"].get(key, default) for key, default in asdict(defaults).items()}
+    """The config a checkpoint was saved with; an option added since then at its :data:`LEGACY_VALUES` entry, or
+    else at its default in ``defaults`` (a ``TrainConfig``), which keeps the old behaviour."""
+    saved = state["config"]
+    return {key: saved.get(key, LEGACY_VALUES.get(key, default)) for key, default in asdict(defaults).items()}
 
 
 def check_resume(state: dict[str, Any], config: Any, path: Path) -> int:

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="folder tasks: leave out images Pillow cannot read (each decoded once first) instead of stopping",
     )
+    parser.add_argument(
+        "--augment", action="store_true", help="folder tasks: random-resized crop, flip and colour jitter (timm's)"
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import re
 import resource
 import time
@@ -33,7 +34,7 @@ from elfatt.train.checkpoint import check_resume, load_checkpoint, save_checkpoi
 from elfatt.train.model import build_model
 from elfatt.train.tasks import build_task, check_task_name, image_side, is_generated
 
-__all__ = ["TrainConfig", "check_config", "TrainingStopped", "RunAborted", "NonFiniteLoss", "train"]
+__all__ = ["TrainConfig", "build_optimizer", "check_config", "TrainingStopped", "RunAborted", "NonFiniteLoss", "train"]
 
 # How long a process of a distributed run waits for the others in one collective before it gives up.
 DDP_TIMEOUT = timedelta(minutes=5)
@@ -66,9 +67,13 @@ class TrainConfig:
     path_length: int = 14
     workers: int = 0
     skip_unreadable_images: bool = False
+    augment: bool = False
     out: Path = Path("train-results/run")
     resume: Path | None = None
     progress: bool = True
+    # What the training recipe is beyond the options: 1 decayed every parameter, 2 (since) follows the model's
+    # no_weight_decay() and leaves biases and norms alone. Checkpoints of another recipe do not resume.
+    recipe: int = 2
 
 
 # Options that count something and need at least one of it.
@@ -98,6 +103,14 @@ def _setup(config: TrainConfig) -> _Distributed:
     if on_cuda:
         torch.cuda.set_device(device)
     return _Distributed(rank, world, device)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW through timm's ``create_optimizer_v2``: weight decay on the weight matrices and kernels only, not on
+    biases, norms or what the model's ``no_weight_decay()`` names (position embeddings, class tokens, ...)."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _schedule(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -262,6 +275,7 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
         max_length=config.max_length,
         path_length=config.path_length,
         skip_unreadable_images=config.skip_unreadable_images,
+        augment=config.augment,
     )
     model = build_model(
         config.model,
@@ -277,7 +291,7 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
     val_shard = Subset(task.val, range(setup.rank, len(task.val), setup.world))
     val_loader = DataLoader(val_shard, config.batch_size, num_workers=config.workers)
     ddp_model = nn.parallel.DistributedDataParallel(model) if setup.world > 1 else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, len(train_loader)))
     scaler = torch.amp.GradScaler(setup.device.type, enabled=config.amp and setup.device.type == "cuda")
     history: list[dict] = []
@@ -291,6 +305,8 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
     best = max((row["val_acc"] for row in history), default=-1.0)
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
+        # Python's own generator too: timm's augmentations draw from it.
+        random.seed(config.seed + 1000 * epoch + setup.rank)
         torch.manual_seed(config.seed + 1000 * epoch + setup.rank)
         start = time.perf_counter()
         with _progress(config, setup) as progress, _stop_on_non_finite_loss(config, epoch):

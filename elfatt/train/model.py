@@ -47,6 +47,12 @@ class SmallTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, task.num_classes)
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The position embedding and relative-position bias tables (Swin's), which weight decay would pull to 0."""
+        names = {name for name, _ in self.named_parameters() if name.endswith("relative_position_bias_table")}
+        return names | {"pos_embed"}
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.embed(x).flatten(2).transpose(1, 2) if self.kind == "image" else self.embed(x)
         x = x + self.pos_embed

@@ -112,6 +112,7 @@ def build_task(
     max_length: int = 500,
     path_length: int = 14,
     skip_unreadable_images: bool = False,
+    augment: bool = False,
 ) -> Task:
     """Build a task by name (see :data:`TASKS`).
 
@@ -121,11 +122,12 @@ def build_task(
             ``<path>/val`` in ImageFolder layout.
         seed: seed of the split or the generators.
         train_samples, val_samples: sizes of the generated tasks.
-        image_size: side the folder task resizes images to.
+        image_size: side of the folder task's images, normalised with ImageNet's mean and std.
         max_length: ListOps sequence length (padded).
         path_length: dashes per Pathfinder target path: LRA's 14, or Linsley et al.'s easier 6 and 9.
         skip_unreadable_images: a folder task leaves out the images Pillow cannot read (after decoding every image
             once), instead of stopping at the first one.
+        augment: a folder task augments its training images (timm's random-resized crop, flip, colour jitter).
     """
     if name == "digits":
         from elfatt.data.images import digits
@@ -144,8 +146,18 @@ def build_task(
         from elfatt.data.images import ImageFolder
 
         root = Path(name.removeprefix("folder:"))
+        from timm.data import create_transform
+
+        # timm's ImageNet pipelines: the mean and std normalisation always; random-resized crop, flip and colour
+        # jitter on the training split with ``augment``; resize and centre crop otherwise.
         train, val = (
-            ImageFolder(root / split, image_size, skip_unreadable=skip_unreadable_images) for split in ("train", "val")
+            ImageFolder(
+                root / split,
+                image_size,
+                transform=create_transform(image_size, is_training=augment and split == "train"),
+                skip_unreadable=skip_unreadable_images,
+            )
+            for split in ("train", "val")
         )
         if train.classes != val.classes:
             raise ValueError(f"{root}/train and {root}/val have different classes")

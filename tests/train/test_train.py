@@ -193,3 +193,72 @@ def test_missing_optional_dependency_is_one_line(tmp_path, capsys, monkeypatch):
         capsys.readouterr().err.strip()
         == "elfatt train: error: the digits task needs scikit-learn: pip install 'elfatt[train]'"
     )
+
+
+def _decay_of(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, float]:
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    return {names[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+
+
+@pytest.mark.parametrize("name", ["swin", "elfatt", "vit_elfatt_tiny_patch16_224"])
+def test_weight_decay_skips_biases_norms_and_what_the_model_names(name):
+    from elfatt.train.loop import build_optimizer
+    from elfatt.train.model import build_model
+    from elfatt.train.tasks import build_task
+
+    task = build_task("digits")
+    if name.startswith("vit"):
+        from elfatt.models import create_model
+
+        model = create_model(name, depth=1, num_classes=10)
+    else:
+        model = build_model(name, task, dim=16, depth=1, heads=2, patch=1)
+    decay = _decay_of(build_optimizer(model, TrainConfig(weight_decay=0.05)), model)
+    assert decay.keys() == {name for name, _ in model.named_parameters()}
+    skipped = {key for key, value in decay.items() if value == 0.0}
+    assert {"pos_embed", "norm.weight", "norm.bias", "head.bias"} <= skipped
+    assert set(model.no_weight_decay()) & set(decay) <= skipped and "head.weight" not in skipped
+    assert all(decay[key] == 0.05 for key in decay if key.endswith((".qkv.weight", "fc1.weight", ".0.weight")))
+    if name == "swin":
+        assert "blocks.0.attn.relative_position_bias_table" in skipped
+    if name.startswith("vit"):
+        assert "cls_token" in skipped
+
+
+def _uniform_folder(root: Path, value: int) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (root / split / label).mkdir(parents=True)
+            for index in range(2):
+                pixels = torch.full((20, 28, 3), value, dtype=torch.uint8)
+                pixels[:, : 6 * (index + 1)] = 255 - value  # a stripe, so that crops and flips differ
+                Image.fromarray(pixels.numpy()).save(root / split / label / f"{index}.png")
+
+
+def test_folder_images_are_normalised_and_augmented_on_request(tmp_path):
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from elfatt.train.tasks import build_task
+
+    _uniform_folder(tmp_path, 100)
+    plain = build_task(f"folder:{tmp_path}", image_size=16)
+    image, _ = plain.val[0]
+    corner = image[:, 0, -1]  # the uniform part, after timm's resize and centre crop
+    expected = (100 / 255 - torch.tensor(IMAGENET_DEFAULT_MEAN)) / torch.tensor(IMAGENET_DEFAULT_STD)
+    torch.testing.assert_close(corner, expected, atol=2e-2, rtol=0)
+    assert torch.equal(plain.train[0][0], plain.train[0][0])
+    augmented = build_task(f"folder:{tmp_path}", image_size=16, augment=True)
+    draws = torch.stack([augmented.train[1][0] for _ in range(6)])
+    assert draws.shape == (6, 3, 16, 16) and not all(torch.equal(draws[0], draw) for draw in draws[1:])
+    assert torch.equal(augmented.val[1][0], plain.val[1][0])
+
+
+def test_augmented_training_resumes_exactly(tmp_path):
+    _write_folder(tmp_path / "images", torch.Generator().manual_seed(2))
+    options = dict(TINY, epochs=2, task=f"folder:{tmp_path / 'images'}", image_size=16, patch=4, augment=True)
+    straight = train(TrainConfig(**{**options, "out": tmp_path / "straight"}))
+    train(TrainConfig(**{**options, "epochs": 1, "out": tmp_path / "first"}))
+    resumed = train(TrainConfig(**{**options, "out": tmp_path / "resumed", "resume": tmp_path / "first" / "last.pt"}))
+    assert [row["train_loss"] for row in resumed] == [row["train_loss"] for row in straight]
