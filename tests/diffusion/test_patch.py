@@ -13,6 +13,7 @@ pytest.importorskip("diffusers")
 
 from diffusers import DDIMScheduler, UNet2DConditionModel  # noqa: E402
 from diffusers.models.attention_processor import Attention  # noqa: E402
+from unets import TWO_LEVELS, build_unet  # noqa: E402
 
 import elfatt.diffusion.processor as processor_module  # noqa: E402
 import elfatt.reference as reference  # noqa: E402
@@ -197,19 +198,7 @@ def test_attention_slicing_after_the_patch_is_seen_and_slicing_before_it_compose
 
 
 def two_level_unet() -> UNet2DConditionModel:
-    """Attention at two UNet levels (and the mid block), as SD has it at several."""
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).eval()
+    return build_unet(TWO_LEVELS)
 
 
 @pytest.mark.parametrize("latent", [(48, 64), (104, 152)], ids=["sd-384x512", "sdxl-832x1216"])

@@ -9,53 +9,12 @@ import torch
 pytest.importorskip("diffusers")
 
 from diffusers import UNet2DConditionModel  # noqa: E402
+from unets import CONTEXT_DIM, SDXL_STYLE, TEXT_EMBED_DIM, TWO_LEVELS, build_unet  # noqa: E402
 
 import elfatt.diffusion.processor as processor_module  # noqa: E402
 from elfatt.diffusion import apply_patch, remove_patch  # noqa: E402
 
-CONTEXT_DIM = 16
-TEXT_EMBED_DIM = 8
-TIME_EMBED_DIM = 4
-
-
-def sd_style_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=CONTEXT_DIM,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).eval()
-
-
-def sdxl_style_unet() -> UNet2DConditionModel:
-    """SDXL's kind of UNet, small: linear projections in and out of the transformers, several transformer layers
-    per block, per-level head sizes, and the text-and-time added conditioning."""
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        transformer_layers_per_block=(1, 2),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        cross_attention_dim=CONTEXT_DIM,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=TEXT_EMBED_DIM + 6 * TIME_EMBED_DIM,
-        norm_num_groups=8,
-    ).eval()
-
-
-UNETS = {"sd": sd_style_unet, "sdxl": sdxl_style_unet}
+UNETS = {"sd": TWO_LEVELS, "sdxl": SDXL_STYLE}
 
 
 def _call(unet: UNet2DConditionModel, sample: torch.Tensor, context: torch.Tensor, extra: dict) -> torch.Tensor:
@@ -95,7 +54,7 @@ def attended_grids(monkeypatch) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("kind", UNETS)
 @pytest.mark.parametrize("latent", [(12, 20), (9, 7)])
 def test_no_global_heads_one_block_and_no_merge_is_the_original_unet(kind, latent, attended_grids):
-    unet = UNETS[kind]().double()
+    unet = build_unet(UNETS[kind]).double()
     sample, context, extra = _inputs(kind, 2, latent)
     original = _call(unet, sample, context, extra)
     apply_patch(unet, ratio=0.0, split=0.0, block=(None, None), max_downsample=2)
@@ -113,7 +72,7 @@ def test_no_global_heads_one_block_and_no_merge_is_the_original_unet(kind, laten
 def test_a_guidance_doubled_batch_equals_its_halves(kind, random_destinations, attended_grids):
     """Classifier-free guidance runs the unconditional and the conditional latent as one batch of two; merging,
     ELFATT and the block layout must treat each half as if it ran alone (with the same random draws)."""
-    unet = UNETS[kind]().double()
+    unet = build_unet(UNETS[kind]).double()
     sample, context, extra = _inputs(kind, 1, (12, 20))
     doubled_sample = torch.cat([sample, sample])
     doubled_context = torch.cat([torch.zeros_like(context), context])  # the "empty prompt" half, then the prompt
