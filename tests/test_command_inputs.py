@@ -54,6 +54,7 @@ TRAIN_CASES = [
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--task", "folder:/nonexistent"], "/nonexistent/train does not exist"),
     (["--resume", "/nonexistent/last.pt"], "no checkpoint at /nonexistent/last.pt"),
+    (["--task", "fashion-mnist", "--data-dir", "/nonexistent"], "apt-get install dataset-fashion-mnist"),
     (["--task", "pathfinder32", "--path-length", "0"], "--path-length: must be >= 1, got 0"),
 ]
 

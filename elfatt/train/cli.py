@@ -47,13 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device, default=defaults.device, help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--out", type=output_folder, default=defaults.out, help="checkpoints, log.csv, curves.png")
     parser.add_argument("--resume", type=Path, help="a last.pt to continue from")
+    parser.add_argument("--data-dir", type=Path, help="fashion-mnist: the idx files (default: Debian's folder)")
     parser.add_argument(
         "--skip-unreadable-images",
         action="store_true",
         help="folder tasks: leave out images Pillow cannot read (each decoded once first) instead of stopping",
     )
     parser.add_argument(
-        "--augment", action="store_true", help="folder tasks: random-resized crop, flip and colour jitter (timm's)"
+        "--augment", action="store_true", help="folder: timm's crop, flip, jitter; fashion-mnist: padded crop, flip"
     )
     parser.add_argument("--no-progress", action="store_true")
 

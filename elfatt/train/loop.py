@@ -8,6 +8,7 @@ resumed from its checkpoint continues exactly as if it had not stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from elfatt._arguments import writable_folder_error
 from elfatt._csv import write_rows
@@ -68,6 +69,7 @@ class TrainConfig:
     workers: int = 0
     skip_unreadable_images: bool = False
     augment: bool = False
+    data_dir: Path | None = None
     out: Path = Path("train-results/run")
     resume: Path | None = None
     progress: bool = True
@@ -215,6 +217,10 @@ def check_config(config: TrainConfig) -> None:
         side = image_side(config.task, config.image_size)
         if side is not None and side % config.patch:
             raise ValueError(f"--patch {config.patch} does not divide the task's {side}x{side} images")
+    if config.task == "fashion-mnist":
+        from elfatt.data.fashion_mnist import fashion_mnist_dir
+
+        fashion_mnist_dir(config.data_dir)
     if is_generated(config.task):
         problem = writable_folder_error(cache_dir())
         if problem:
@@ -276,6 +282,7 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
         path_length=config.path_length,
         skip_unreadable_images=config.skip_unreadable_images,
         augment=config.augment,
+        data_dir=config.data_dir,
     )
     model = build_model(
         config.model,
@@ -356,7 +363,34 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
         if setup.world > 1:
             # The other ranks wait until rank 0's checkpoint and log are complete.
             dist.barrier()
+    if task.test is not None:
+        _evaluate_on_test(model, ddp_model, task.test, setup, config)
     return history
+
+
+def _evaluate_on_test(model: nn.Module, ddp_model: nn.Module, test: Dataset, setup: _Distributed, config: TrainConfig):
+    """The held-out test split, seen once at the end: the final model and the one chosen by validation accuracy
+    (``best.pt``), written to ``out/test.json``."""
+    shard = Subset(test, range(setup.rank, len(test), setup.world))
+    loader = DataLoader(shard, config.batch_size, num_workers=config.workers)
+    results = {}
+    for which, path in (("final", None), ("best_val", config.out / "best.pt")):
+        if path is not None:
+            state = load_checkpoint(path, setup.device)
+            model.load_state_dict(state["model"])
+            results[which] = dict(epoch=int(state["epoch"]) + 1)
+        else:
+            results[which] = dict(epoch=config.epochs)
+        loss, accuracy = _run_epoch(ddp_model, loader, setup, config)
+        results[which].update(test_loss=loss, test_acc=accuracy, test_images=len(test))
+    if setup.main:
+        (config.out / "test.json").write_text(json.dumps(results, indent=2) + "\n")
+        final, chosen = results["final"], results["best_val"]
+        print(
+            f"test ({len(test)} images): final model acc {final['test_acc']:.4f}, best-val model (epoch "
+            f"{chosen['epoch']}) acc {chosen['test_acc']:.4f}",
+            flush=True,
+        )
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 __all__ = ["Task", "TASKS", "build_task", "check_task_name", "image_side", "is_generated"]
 
-TASKS = ("digits", "pathfinder32", "pathfinder64", "pathfinder128", "listops", "folder:<path>")
+TASKS = ("digits", "fashion-mnist", "pathfinder32", "pathfinder64", "pathfinder128", "listops", "folder:<path>")
 
 
 @dataclass
@@ -26,6 +26,8 @@ class Task:
     image_size: int = 0
     vocab_size: int = 0
     seq_len: int = 0
+    # Held out for the final reported numbers only (Fashion-MNIST's official test split); None where there is none.
+    test: Dataset | None = None
 
 
 def _pathfinder(
@@ -97,6 +99,8 @@ def image_side(name: str, image_size: int) -> int | None:
     """The side of a task's images before patching (None for token tasks), known before any data is made."""
     if name == "digits":
         return 8
+    if name == "fashion-mnist":
+        return 28
     if name.startswith("pathfinder"):
         return int(name.removeprefix("pathfinder"))
     return image_size if name.startswith("folder:") else None
@@ -113,26 +117,38 @@ def build_task(
     path_length: int = 14,
     skip_unreadable_images: bool = False,
     augment: bool = False,
+    data_dir: Path | None = None,
 ) -> Task:
     """Build a task by name (see :data:`TASKS`).
 
     Args:
-        name: ``digits`` (scikit-learn's, shipped with it), ``pathfinder{32,64,128}`` and ``listops`` (Long Range
-            Arena, generated locally with fixed seeds and cached), or ``folder:<path>`` with ``<path>/train`` and
-            ``<path>/val`` in ImageFolder layout.
+        name: ``digits`` (scikit-learn's, shipped with it), ``fashion-mnist`` (the original idx files, see
+            :mod:`elfatt.data.fashion_mnist`; validation drawn from the training images with ``seed``),
+            ``pathfinder{32,64,128}`` and ``listops`` (Long Range Arena, generated locally with fixed seeds and
+            cached), or ``folder:<path>`` with ``<path>/train`` and ``<path>/val`` in ImageFolder layout.
         seed: seed of the split or the generators.
-        train_samples, val_samples: sizes of the generated tasks.
+        train_samples, val_samples: sizes of the generated tasks; ``val_samples`` is also the number of
+            Fashion-MNIST training images held out for validation.
         image_size: side of the folder task's images, normalised with ImageNet's mean and std.
         max_length: ListOps sequence length (padded).
         path_length: dashes per Pathfinder target path: LRA's 14, or Linsley et al.'s easier 6 and 9.
         skip_unreadable_images: a folder task leaves out the images Pillow cannot read (after decoding every image
             once), instead of stopping at the first one.
-        augment: a folder task augments its training images (timm's random-resized crop, flip, colour jitter).
+        augment: augment the training images: a folder task with timm's random-resized crop, flip and colour
+            jitter, Fashion-MNIST with a random crop after 2-pixel padding and a flip.
+        data_dir: Fashion-MNIST's idx files, when not in Debian's folder or ``$ELFATT_FASHION_MNIST_DIR``.
     """
     if name == "digits":
         from elfatt.data.images import digits
 
         return Task(name, digits("train", seed=seed), digits("val", seed=seed), 10, "image", channels=1, image_size=8)
+    if name == "fashion-mnist":
+        from elfatt.data.fashion_mnist import RandomCropFlip, fashion_mnist
+
+        options = dict(val_size=val_samples, seed=seed, data_dir=data_dir)
+        train, val, test = (fashion_mnist(split, **options) for split in ("train", "val", "test"))
+        train = RandomCropFlip(train) if augment else train
+        return Task(name, train, val, 10, "image", channels=1, image_size=28, test=test)
     if name.startswith("pathfinder") and name.removeprefix("pathfinder") in ("32", "64", "128"):
         size = int(name.removeprefix("pathfinder"))
         train, val = _pathfinder(size, train_samples, val_samples, seed, path_length)
