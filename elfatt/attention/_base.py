@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from elfatt.attention._checks import check_heads, check_tokens
+from elfatt.modules import LePE
 
 __all__ = ["QKVAttention"]
 
@@ -16,18 +17,22 @@ class QKVAttention(nn.Module):
     per head only writes :meth:`attend`; the others override :meth:`forward`.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = False, lepe: bool = False) -> None:
         """
         Args:
             dim: channels ``C`` of the tokens.
             num_heads: heads; must divide ``dim``.
             qkv_bias: add a bias to the q, k, v projection.
+            lepe: add CSWin's LePE (a 3x3 depthwise conv of V on the token grid) to the attention output, the
+                positional help ELFATT's heads have, so that a comparison gives every mechanism the same; only for
+                mechanisms that write :meth:`attend`.
         """
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = check_heads(dim, num_heads)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.lepe = LePE(dim) if lepe else None
         self.proj = nn.Linear(dim, dim)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -56,4 +61,7 @@ class QKVAttention(nn.Module):
         """Attend over all tokens of ``x`` ``[B, N, C]`` on the grid ``size=(H, W)``; returns ``[B, N, C]``."""
         check_tokens(x, size, self.dim)
         q, k, v = self.split_qkv(x)
-        return self.proj(self.merge_heads(self.attend(q, k, v)))
+        out = self.attend(q, k, v)
+        if self.lepe is not None:
+            out = out + self.lepe(v, size)
+        return self.proj(self.merge_heads(out))

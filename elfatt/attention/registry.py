@@ -26,11 +26,12 @@ class Mechanism:
     name: str
     build: Callable[[int, int], nn.Module]
     summary: str
-    ablation: bool = False
+    # An ablation or variant, run only when asked for by name (not in the benchmark's or experiments' defaults).
+    variant: bool = False
 
 
-def _peer(name: str) -> Callable[[int, int], nn.Module]:
-    return lambda dim, heads: PEERS[name](dim, heads)
+def _peer(name: str, **options: object) -> Callable[[int, int], nn.Module]:
+    return lambda dim, heads: PEERS[name](dim, heads, **options)
 
 
 MECHANISMS: dict[str, Mechanism] = {
@@ -52,14 +53,19 @@ MECHANISMS: dict[str, Mechanism] = {
             "elfatt-window",
             block_part_alone,
             "ELFATT's blockified part alone: every head in 8x8 blocks (an ablation)",
-            ablation=True,
+            variant=True,
         ),
         Mechanism(
             "elfatt-linear",
             global_part_alone,
             "ELFATT's global linear part alone, with LePE (an ablation)",
-            ablation=True,
+            variant=True,
         ),
+        Mechanism("vanilla-lepe", _peer("vanilla", lepe=True), "vanilla + LePE on the whole grid", variant=True),
+        Mechanism(
+            "sdpa-lepe", _peer("sdpa", lepe=True), "SDPA softmax attention + LePE on the whole grid", variant=True
+        ),
+        Mechanism("efficient-lepe", _peer("efficient", lepe=True), "Efficient Attention + LePE", variant=True),
         Mechanism("swin", _peer("swin"), "Swin window attention, 7x7 windows, relative-position bias"),
         Mechanism("cswin", _peer("cswin"), "CSWin cross-shaped window attention, stripes of 7, LePE"),
         Mechanism("efficient", _peer("efficient"), "Efficient Attention (Shen et al.)"),

@@ -17,9 +17,9 @@ __all__ = ["VanillaAttention"]
 class VanillaAttention(QKVAttention):
     """Global multi-head softmax attention computed as ``softmax(q k^T * d^-0.5) @ v`` with plain matmuls."""
 
-    def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = False, lepe: bool = False) -> None:
         """Arguments as for :class:`QKVAttention`; adds the score scale ``d^-0.5``."""
-        super().__init__(dim, num_heads, qkv_bias=qkv_bias)
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias, lepe=lepe)
         self.scale = self.head_dim**-0.5
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

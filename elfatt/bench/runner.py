@@ -17,8 +17,8 @@ from elfatt.bench.models import VIT_LAYOUTS, AttentionViT, check_resolution
 __all__ = ["BenchConfig", "Cell", "Row", "plan_cells", "run_cell", "add_ratios", "DTYPES", "DEFAULT_BENCH_MECHANISMS"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Every registered mechanism but ELFATT's ablations, which are asked for by name.
-DEFAULT_BENCH_MECHANISMS = tuple(name for name, mechanism in MECHANISMS.items() if not mechanism.ablation)
+# Every registered mechanism but the ablations and variants, which are asked for by name.
+DEFAULT_BENCH_MECHANISMS = tuple(name for name, mechanism in MECHANISMS.items() if not mechanism.variant)
 PASSES = ("fwd", "fwd+bwd")
 
 

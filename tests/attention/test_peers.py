@@ -241,6 +241,28 @@ def test_matches_reference_float64(case: tuple[str, dict], size: tuple[int, int]
     assert rel_err(out, ref) < 1e-10
 
 
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"H{s[0]}-W{s[1]}")
+@pytest.mark.parametrize("name", ["vanilla", "sdpa", "efficient"])
+def test_lepe_adds_a_depthwise_conv_of_v_before_the_projection(name: str, size: tuple[int, int]) -> None:
+    """``lepe=True``: proj(attention + DWConv(V)) = the peer's reference + DWConv(V) through proj's weight."""
+    peer = make_peer(name, {"lepe": True})
+    x = make_tokens(size)
+    v = linear(x, peer.qkv)[..., 2 * DIM :]
+    lepe = torch.stack(
+        [depthwise_conv(v[b].reshape(*size, DIM), peer.lepe.conv.weight, peer.lepe.conv.bias) for b in range(BATCH)]
+    ).reshape(BATCH, -1, DIM)
+    with torch.no_grad():
+        out = peer(x, size)
+        ref = REFERENCES[name](peer, x, size) + lepe @ peer.proj.weight.T
+    assert rel_err(out, ref) < 1e-10
+    assert rel_err(out, REFERENCES[name](peer, x, size)) > 1e-3
+
+
+def test_lepe_is_offered_only_where_attend_is_the_mechanism() -> None:
+    with pytest.raises(TypeError):
+        build_peer("swin", DIM, HEADS, lepe=True)
+
+
 @pytest.mark.parametrize(
     ("dtype", "tol"),
     [(torch.float32, 1e-4), (torch.bfloat16, 2e-2), (torch.float16, 2e-2)],
