@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ __all__ = ["MECHANISMS", "PRESETS", "main"]
 
 MECHANISMS = ("vanilla", "elfatt", "elfatt-window", "elfatt-linear", "efficient")
 FAST_MECHANISMS = ("sdpa", *MECHANISMS[1:])
+FASHION_MECHANISMS = ("sdpa", "sdpa-lepe", "elfatt", "elfatt-window", "elfatt-linear", "swin", "efficient", "flatten")
+FASHION_MECHANISMS += ("agent",)
 # Per experiment: the task and options, sized so that one run takes minutes on 2 CPU cores.
 PRESETS: dict[str, dict] = {
     "digits": dict(task="digits", epochs=30, batch_size=64, lr=3e-3, dim=64, depth=2, heads=4, patch=1),
@@ -42,6 +45,16 @@ PRESETS: dict[str, dict] = {
     "pathfinder32-len6": dict(
         task="pathfinder32", path_length=6, pool="max", epochs=12, batch_size=64, lr=1e-3, dim=32, depth=2,
         heads=4, patch=2, train_samples=40000, val_samples=2000, mechanisms=FAST_MECHANISMS,
+    ),
+    # Fashion-MNIST at 14x14 tokens (2x2-pixel patches): every mechanism, LePE given to softmax attention too.
+    "fashion-mnist": dict(
+        task="fashion-mnist", epochs=10, batch_size=128, lr=2e-3, dim=64, depth=4, heads=4, patch=2,
+        val_samples=5000, augment=True, mechanisms=FASHION_MECHANISMS,
+    ),
+    # ... and at 28x28 tokens (pixels), where global context spans 784 tokens.
+    "fashion-mnist-28": dict(
+        task="fashion-mnist", epochs=10, batch_size=128, lr=2e-3, dim=64, depth=4, heads=4, patch=1,
+        val_samples=5000, augment=True, mechanisms=("sdpa-lepe", "elfatt", "elfatt-window"),
     ),
     "listops": dict(
         task="listops", epochs=10, batch_size=64, lr=1e-3, dim=32, depth=2, heads=4, train_samples=4000,
@@ -76,20 +89,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             history = train(_run_config(base, out, mechanism, seed))
             wall = time.perf_counter() - start
             final = history[-1]
-            rows.append(
-                dict(
-                    mechanism=mechanism,
-                    seed=seed,
-                    val_acc=final["val_acc"],
-                    best_val_acc=max(row["val_acc"] for row in history),
-                    seconds_per_epoch=statistics.median(row["epoch_seconds"] for row in history),
-                    peak_mib=final["peak_mib"],
-                    wall_seconds=wall,
-                )
+            row = dict(
+                mechanism=mechanism,
+                seed=seed,
+                val_acc=final["val_acc"],
+                best_val_acc=max(row["val_acc"] for row in history),
+                seconds_per_epoch=statistics.median(row["epoch_seconds"] for row in history),
+                train_images_per_s=statistics.median(row["train_images_per_s"] for row in history),
+                peak_mib=final["peak_mib"],
+                wall_seconds=wall,
             )
+            rows.append({**row, **_test_numbers(_run_dir(out, mechanism, seed))})
             print(f"{mechanism} seed {seed}: val acc {final['val_acc']:.4f} in {wall:.0f}s", flush=True)
             _write_summary(rows, out, args.task, preset)
     return 0
+
+
+def _test_numbers(run: Path) -> dict[str, float]:
+    """A run's held-out test accuracy (final model and best-validation model) and inference images/s, when the task
+    has a test split (``test.json``)."""
+    path = run / "test.json"
+    if not path.is_file():
+        return {}
+    results = json.loads(path.read_text())
+    return dict(
+        test_acc=results["final"]["test_acc"],
+        best_val_model_test_acc=results["best_val"]["test_acc"],
+        infer_images_per_s=results["final"]["images_per_s"],
+    )
 
 
 def _run_dir(out: Path, mechanism: str, seed: int | float) -> Path:
@@ -135,30 +162,70 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
     write_rows(rows, out / "runs.csv")
     seeds = sorted({row["seed"] for row in rows})
     command = f"python -m elfatt.train.experiments --task {task} --seeds {' '.join(map(str, seeds))}"
+    # Tasks with a held-out test split report it; the others their final validation accuracy.
+    tested = all("test_acc" in row for row in rows)
+    measure = "test_acc" if tested else "val_acc"
+    header = (
+        "| mechanism | test acc, final model (mean ± std over seeds) | per seed | test acc, best-val model | "
+        "val acc | train img/s | inference img/s | peak MiB | runs |"
+        if tested
+        else "| mechanism | final val acc (mean ± std over seeds) | per seed | s / epoch | peak MiB | runs |"
+    )
     lines = [
         f"`{command}` ({', '.join(f'{key}={value}' for key, value in preset.items() if key != 'mechanisms')})",
         "",
-        "| mechanism | final val acc (mean ± std over seeds) | per seed | s / epoch | peak MiB | runs |",
-        "|---|---|---|---|---|---|",
+        header,
+        "|---" * header.count(" | ") + "|---|",
     ]
     summary = []
     for mechanism in dict.fromkeys(row["mechanism"] for row in rows):
         runs = sorted((row for row in rows if row["mechanism"] == mechanism), key=lambda row: row["seed"])
-        accuracies = [row["val_acc"] for row in runs]
+        accuracies = [row[measure] for row in runs]
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-        seconds = statistics.median(row["seconds_per_epoch"] for row in runs)
         memory = max(row["peak_mib"] for row in runs)
-        summary.append((mechanism, statistics.mean(accuracies), spread))
+        speed = statistics.median(row.get("infer_images_per_s", row.get("train_images_per_s", 0.0)) for row in runs)
+        summary.append((mechanism, statistics.mean(accuracies), spread, speed))
         per_seed = ", ".join(f"{100 * accuracy:.1f}" for accuracy in accuracies)
-        lines.append(
-            f"| {mechanism} | {100 * statistics.mean(accuracies):.1f} ± {100 * spread:.1f} | {per_seed} | "
-            f"{seconds:.1f} | {memory:.0f} | {len(runs)} |"
-        )
+        cells = [mechanism, f"{100 * statistics.mean(accuracies):.1f} ± {100 * spread:.1f}", per_seed]
+        if tested:
+            cells += [
+                f"{100 * statistics.mean(row['best_val_model_test_acc'] for row in runs):.1f}",
+                f"{100 * statistics.mean(row['val_acc'] for row in runs):.1f}",
+                f"{statistics.median(row['train_images_per_s'] for row in runs):.0f}",
+                f"{speed:.0f}",
+            ]
+        else:
+            cells.append(f"{statistics.median(row['seconds_per_epoch'] for row in runs):.1f}")
+        lines.append("| " + " | ".join([*cells, f"{memory:.0f}", str(len(runs))]) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    _plot(rows, summary, out, f"{task}: same model, different attention ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+    title = f"{task}: same model, different attention ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+    _plot(rows, [entry[:3] for entry in summary], out, title, measure)
+    if tested:
+        _plot_frontier(summary, out, title)
 
 
-def _plot(rows: list[dict], summary: list[tuple[str, float, float]], out: Path, title: str) -> None:
+def _plot_frontier(summary: list[tuple[str, float, float, float]], out: Path, title: str) -> None:
+    """``accuracy_vs_throughput.png``: test accuracy (mean, spread over seeds) against inference images/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 5))
+    for index, (name, mean, spread, speed) in enumerate(summary):
+        axes.errorbar(speed, 100 * mean, yerr=100 * spread, fmt="o", capsize=4, color=f"C{index}", label=name)
+        axes.annotate(name, (speed, 100 * mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    axes.set_xscale("log")
+    axes.set_xlabel("inference images / s (log scale; same process, batch of the run)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(out / "accuracy_vs_throughput.png", dpi=100)
+    plt.close(figure)
+
+
+def _plot(rows: list[dict], summary: list[tuple[str, float, float]], out: Path, title: str, measure: str) -> None:
     """``accuracy.png``: final accuracy per mechanism (mean and spread), and every run's validation curve."""
     import matplotlib
 
@@ -170,7 +237,7 @@ def _plot(rows: list[dict], summary: list[tuple[str, float, float]], out: Path, 
     colours = {name: f"C{index}" for index, name in enumerate(names)}
     bars.bar(names, [100 * mean for _, mean, _ in summary], yerr=[100 * std for _, _, std in summary], capsize=4,
              color=[colours[name] for name in names])  # fmt: skip
-    bars.set_ylabel("final validation accuracy (%)")
+    bars.set_ylabel("test accuracy, final model (%)" if measure == "test_acc" else "final validation accuracy (%)")
     bars.grid(True, axis="y", alpha=0.3)
     labelled = set()
     for row in rows:

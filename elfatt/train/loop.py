@@ -337,6 +337,7 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
             val_acc=val_acc,
             lr=scheduler.get_last_lr()[0],
             epoch_seconds=epoch_seconds,
+            train_images_per_s=len(sampler) * setup.world / epoch_seconds,
             peak_mib=_peak_memory_mib(setup.device),
         )
         history.append(row)
@@ -370,7 +371,8 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
 
 def _evaluate_on_test(model: nn.Module, ddp_model: nn.Module, test: Dataset, setup: _Distributed, config: TrainConfig):
     """The held-out test split, seen once at the end: the final model and the one chosen by validation accuracy
-    (``best.pt``), written to ``out/test.json``."""
+    (``best.pt``), written to ``out/test.json`` with the inference throughput of each pass (images/s, eval mode,
+    no gradients, the run's batch size)."""
     shard = Subset(test, range(setup.rank, len(test), setup.world))
     loader = DataLoader(shard, config.batch_size, num_workers=config.workers)
     results = {}
@@ -381,8 +383,12 @@ def _evaluate_on_test(model: nn.Module, ddp_model: nn.Module, test: Dataset, set
             results[which] = dict(epoch=int(state["epoch"]) + 1)
         else:
             results[which] = dict(epoch=config.epochs)
+        start = time.perf_counter()
         loss, accuracy = _run_epoch(ddp_model, loader, setup, config)
-        results[which].update(test_loss=loss, test_acc=accuracy, test_images=len(test))
+        seconds = time.perf_counter() - start
+        results[which].update(
+            test_loss=loss, test_acc=accuracy, test_images=len(test), images_per_s=len(shard) * setup.world / seconds
+        )
     if setup.main:
         (config.out / "test.json").write_text(json.dumps(results, indent=2) + "\n")
         final, chosen = results["final"], results["best_val"]

@@ -3,6 +3,7 @@ Debian's dataset-fashion-mnist is installed)."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from pathlib import Path
@@ -109,3 +110,24 @@ def test_the_real_files(monkeypatch):
     images, labels = test_set.tensors
     assert images.shape == (10_000, 1, 28, 28) and labels.bincount().tolist() == [1000] * 10
     assert len(fashion_mnist("train")) == 55_000 and len(fashion_mnist("val")) == 5_000
+
+
+def test_the_experiment_reports_test_accuracy_throughput_and_the_frontier(tmp_path, monkeypatch):
+    from elfatt.train import experiments
+
+    _write_set(tmp_path / "set", train_count=120, test_count=40)
+    monkeypatch.setenv("ELFATT_FASHION_MNIST_DIR", str(tmp_path / "set"))
+    small = dict(experiments.PRESETS["fashion-mnist"], batch_size=32, dim=16, depth=1, val_samples=40)
+    monkeypatch.setitem(experiments.PRESETS, "fashion-mnist", small)
+    argv = ["--task", "fashion-mnist", "--mechanisms", "elfatt", "sdpa-lepe", "--seeds", "0", "--epochs", "1"]
+    assert experiments.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    summary = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert "test acc, final model" in summary[2] and "inference img/s" in summary[2]
+    assert summary[3].count("|---") == summary[2].count(" | ") + 1
+    rows = {line.split(" | ")[0].strip("| "): line for line in summary[4:]}
+    assert set(rows) == {"elfatt", "sdpa-lepe"}
+    for name in ("accuracy.png", "accuracy_vs_throughput.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+    (run,) = [row for row in csv.DictReader((tmp_path / "out" / "runs.csv").open()) if row["mechanism"] == "elfatt"]
+    assert 0 <= float(run["test_acc"]) <= 1 and float(run["infer_images_per_s"]) > 0
+    assert float(run["train_images_per_s"]) > 0
