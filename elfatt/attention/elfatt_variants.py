@@ -3,7 +3,7 @@
 "ELFATT: Efficient Linear Fast Attention for Vision Transformers", Wu, Che, Xu, Ran, Yan, ACM MM 2025,
 https://arxiv.org/abs/2501.06098. The layer is :class:`~elfatt.modules.ELFATTAttention`; these builders fix its
 options the way the benchmark and the experiments compare it: half of the heads global (rounded down), or every
-head in one of the two parts (the ablations of sec. 4: the blockified part alone, the global linear part alone).
+head in one of the two parts (ablations: the blockified part alone, the global linear part alone).
 """
 
 from __future__ import annotations
