@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from elfatt._arguments import one_line
 from elfatt._atomic import atomic_save
 
 __all__ = ["cache_dir", "cache_path", "cached", "checksum"]
@@ -54,7 +55,7 @@ def _load_whole(path: Path) -> dict[str, Tensor] | str:
     try:
         entry = torch.load(path, weights_only=True)
     except Exception as error:  # a truncated or garbled file: all that matters is that it cannot be read
-        return f"it cannot be read ({(str(error).strip().splitlines() or [type(error).__name__])[0]})"
+        return f"it cannot be read ({one_line(error)})"
     if not isinstance(entry, dict) or set(entry) != {"tensors", "sha256"}:
         return "it has no checksum (written by an older elfatt)"
     if checksum(entry["tensors"]) != entry["sha256"]:

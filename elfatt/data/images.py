@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from elfatt._arguments import one_line
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -58,8 +60,7 @@ def open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UnreadableImage(f"cannot read image {path}: {reason}") from None
+        raise UnreadableImage(f"cannot read image {path}: {one_line(error)}") from None
 
 
 def resized_tensor(image: Image.Image, size: int) -> Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from elfatt._arguments import one_line
 from elfatt._atomic import atomic_save, remove_stale_temporaries
 
 __all__ = [
@@ -53,8 +54,7 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # a truncated zip, an empty file, a pickle of something else: all mean "unreadable"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} ({reason}); {_alternatives(path)}") from None
+        raise CheckpointError(f"cannot read checkpoint {path} ({one_line(error)}); {_alternatives(path)}") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         what = f"no {', '.join(missing)}"

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from elfatt._arguments import writable_folder_error
+from elfatt._arguments import one_line, writable_folder_error
 from elfatt._csv import write_rows
 from elfatt._memory import peak_rss_mib, reset_peak_rss
 from elfatt.attention import MECHANISMS
@@ -254,7 +254,7 @@ def train(config: TrainConfig) -> list[dict]:
     except RuntimeError as error:
         if setup.world == 1 or isinstance(error, TrainingStopped):
             raise
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = one_line(error)
         # gloo's messages start with their source location and end with advice about remote workers.
         reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0]
         raise RunAborted(
