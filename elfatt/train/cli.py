@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         patch=positive,
         train_samples=positive,
         val_samples=positive,
+        train_subset=non_negative,
         image_size=positive,
         max_length=positive,
         path_length=positive,

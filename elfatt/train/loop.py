@@ -63,6 +63,8 @@ class TrainConfig:
     pool: str = "mean"
     train_samples: int = 4000
     val_samples: int = 1000
+    # Train on this many images of the task's training split, drawn with the seed (0: all of it).
+    train_subset: int = 0
     image_size: int = 224
     max_length: int = 500
     path_length: int = 14
@@ -198,8 +200,8 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not (math.isfinite(config.lr) and config.lr > 0) or not 0 <= config.label_smoothing < 1:
         raise ValueError(f"lr must be > 0 and label_smoothing in [0, 1), got {config.lr}, {config.label_smoothing}")
-    if config.weight_decay < 0 or config.warmup_epochs < 0 or config.workers < 0:
-        raise ValueError("weight_decay, warmup_epochs and workers must be >= 0")
+    if config.weight_decay < 0 or config.warmup_epochs < 0 or config.workers < 0 or config.train_subset < 0:
+        raise ValueError("weight_decay, warmup_epochs, workers and train_subset must be >= 0")
     problem = writable_folder_error(config.out)
     if problem:
         raise ValueError(f"--out: {problem}")
@@ -277,6 +279,7 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
         seed=config.seed,
         train_samples=config.train_samples,
         val_samples=config.val_samples,
+        train_subset=config.train_subset,
         image_size=config.image_size,
         max_length=config.max_length,
         path_length=config.path_length,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import Dataset, TensorDataset
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 __all__ = ["Task", "TASKS", "build_task", "check_task_name", "image_side", "is_generated"]
 
@@ -112,6 +113,7 @@ def build_task(
     seed: int = 0,
     train_samples: int = 4000,
     val_samples: int = 1000,
+    train_subset: int = 0,
     image_size: int = 224,
     max_length: int = 500,
     path_length: int = 14,
@@ -129,6 +131,8 @@ def build_task(
         seed: seed of the split or the generators.
         train_samples, val_samples: sizes of the generated tasks; ``val_samples`` is also the number of
             Fashion-MNIST training images held out for validation.
+        train_subset: keep this many training images, drawn with ``seed`` (0 keeps all); the validation and test
+            splits are unchanged.
         image_size: side of the folder task's images, normalised with ImageNet's mean and std.
         max_length: ListOps sequence length (padded).
         path_length: dashes per Pathfinder target path: LRA's 14, or Linsley et al.'s easier 6 and 9.
@@ -138,6 +142,39 @@ def build_task(
             jitter, Fashion-MNIST with a random crop after 2-pixel padding and a flip.
         data_dir: Fashion-MNIST's idx files, when not in Debian's folder or ``$ELFATT_FASHION_MNIST_DIR``.
     """
+    task = _whole_task(
+        name,
+        seed=seed,
+        train_samples=train_samples,
+        val_samples=val_samples,
+        image_size=image_size,
+        max_length=max_length,
+        path_length=path_length,
+        skip_unreadable_images=skip_unreadable_images,
+        augment=augment,
+        data_dir=data_dir,
+    )
+    if train_subset:
+        if train_subset > len(task.train):
+            raise ValueError(f"train_subset {train_subset} exceeds the {len(task.train)} training images of {name}")
+        draw = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(seed))[:train_subset]
+        task.train = Subset(task.train, draw.tolist())
+    return task
+
+
+def _whole_task(
+    name: str,
+    *,
+    seed: int,
+    train_samples: int,
+    val_samples: int,
+    image_size: int,
+    max_length: int,
+    path_length: int,
+    skip_unreadable_images: bool,
+    augment: bool,
+    data_dir: Path | None,
+) -> Task:
     if name == "digits":
         from elfatt.data.images import digits
 

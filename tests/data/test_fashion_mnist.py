@@ -103,6 +103,24 @@ def test_training_reports_the_test_split_once_at_the_end(tmp_path, monkeypatch):
     assert results["final"]["test_images"] == 30 and 0 <= results["best_val"]["test_acc"] <= 1
 
 
+def test_a_training_subset_is_a_seeded_draw_of_the_training_split_only(tmp_path):
+    from elfatt.train.tasks import build_task
+
+    _write_set(tmp_path / "set", train_count=80, test_count=30)
+    whole = build_task("fashion-mnist", val_samples=20, data_dir=tmp_path / "set")
+    part = build_task("fashion-mnist", val_samples=20, train_subset=25, data_dir=tmp_path / "set")
+    again = build_task("fashion-mnist", val_samples=20, train_subset=25, data_dir=tmp_path / "set")
+    other = build_task("fashion-mnist", val_samples=20, train_subset=25, seed=1, data_dir=tmp_path / "set")
+    assert len(whole.train) == 60 and len(part.train) == 25
+    assert part.train.indices == again.train.indices != other.train.indices
+    assert len(set(part.train.indices)) == 25
+    assert torch.equal(part.val.tensors[0], whole.val.tensors[0]) and len(part.test) == 30
+    picked = torch.stack([part.train[i][0] for i in range(25)])
+    assert torch.equal(picked, whole.train.tensors[0][part.train.indices])
+    with pytest.raises(ValueError, match="train_subset 61 exceeds the 60 training images of fashion-mnist"):
+        build_task("fashion-mnist", val_samples=20, train_subset=61, data_dir=tmp_path / "set")
+
+
 @pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_the_real_files(monkeypatch):
     monkeypatch.delenv("ELFATT_FASHION_MNIST_DIR", raising=False)
@@ -124,10 +142,13 @@ def test_the_experiment_reports_test_accuracy_throughput_and_the_frontier(tmp_pa
     summary = (tmp_path / "out" / "summary.md").read_text().splitlines()
     assert "test acc, final model" in summary[2] and "inference img/s" in summary[2]
     assert summary[3].count("|---") == summary[2].count(" | ") + 1
-    rows = {line.split(" | ")[0].strip("| "): line for line in summary[4:]}
+    table = summary[4 : summary.index("", 4)]
+    rows = {line.split(" | ")[0].strip("| "): line for line in table}
     assert set(rows) == {"elfatt", "sdpa-lepe"}
+    assert "- `elfatt`: ELFATT, fixed 8x8 blocks (linear in tokens)" in summary
     for name in ("accuracy.png", "accuracy_vs_throughput.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
     (run,) = [row for row in csv.DictReader((tmp_path / "out" / "runs.csv").open()) if row["mechanism"] == "elfatt"]
     assert 0 <= float(run["test_acc"]) <= 1 and float(run["infer_images_per_s"]) > 0
     assert float(run["train_images_per_s"]) > 0
+    assert rows["elfatt"].split(" | ")[-2] == f"{float(run['wall_seconds']) / 60:.1f}"
