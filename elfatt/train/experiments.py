@@ -173,7 +173,8 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
         "| mechanism | test acc, final model (mean ± std over seeds) | per seed | test acc, best-val model | "
         "val acc | train img/s | inference img/s | peak MiB | wall min / run | runs |"
         if tested
-        else "| mechanism | final val acc (mean ± std over seeds) | per seed | s / epoch | peak MiB | wall min / run | runs |"
+        else "| mechanism | final val acc (mean ± std over seeds) | per seed | s / epoch | peak MiB | wall min / run | "
+        "runs |"
     )
     lines = [
         f"`{command}` ({', '.join(f'{key}={value}' for key, value in preset.items() if key != 'mechanisms')})",
