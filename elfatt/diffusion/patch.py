@@ -7,7 +7,7 @@ import dataclasses
 from torch import nn
 
 from elfatt.blocks import BlockSpec, resolve_block
-from elfatt.diffusion.processor import ELFATTAttnProcessor, LatentSizeHooks, PatchConfig, PatchState
+from elfatt.diffusion.processor import ATTENTION_MODES, ELFATTAttnProcessor, LatentSizeHooks, PatchConfig, PatchState
 
 __all__ = ["apply_patch", "remove_patch", "is_patched", "patch_config"]
 
@@ -46,6 +46,8 @@ def _check_config(config: PatchConfig) -> None:
         raise ValueError(f"sx and sy must be >= 1, got sx={config.sx}, sy={config.sy}")
     if not 0.0 <= config.split <= 1.0:
         raise ValueError(f"split must lie in [0, 1], got {config.split}")
+    if config.attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {config.attention!r}")
     resolve_block((1, 1), config.block)
 
 
@@ -62,6 +64,7 @@ def apply_patch(
     sy: int = 2,
     random_destinations: bool = True,
     seed: int = 0,
+    attention: str = "elfatt",
 ) -> nn.Module:
     """Compute the UNet's self-attention layers with ELFATT, training-free; returns the UNet.
 
@@ -84,6 +87,8 @@ def apply_patch(
         random_destinations: draw each cell's destination at random (seeded by ``seed``), as ToMe-SD does;
             False takes each cell's first token.
         seed: seed of the merge's random draws.
+        attention: ``"elfatt"``, or ``"merge-only"``: the merged tokens run the layer's own exact softmax attention
+            (ToMe-SD's acceleration alone, the peer to compare with; ``block`` and ``split`` are then unused).
     """
     unet = _unet(pipe_or_unet)
     config = PatchConfig(
@@ -97,6 +102,7 @@ def apply_patch(
         sy=sy,
         random_destinations=random_destinations,
         seed=seed,
+        attention=attention,
     )
     _check_config(config)
     remove_patch(unet)

@@ -16,7 +16,19 @@ from elfatt.blocks import BlockSpec, resolve_block
 from elfatt.diffusion.merge import TokenMerge, bipartite_soft_matching_2d
 from elfatt.functional import block_attention, global_head_count, global_linear_attention
 
-__all__ = ["PatchConfig", "PatchState", "ELFATTAttnProcessor", "LatentSizeHooks", "latent_grid", "latent_level"]
+__all__ = [
+    "ATTENTION_MODES",
+    "PatchConfig",
+    "PatchState",
+    "ELFATTAttnProcessor",
+    "LatentSizeHooks",
+    "latent_grid",
+    "latent_level",
+]
+
+# What a patched self-attention layer computes over its merged tokens: ELFATT, or the layer's own exact softmax
+# attention (ToMe-SD's merge-only acceleration, the peer).
+ATTENTION_MODES = ("elfatt", "merge-only")
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,7 @@ class PatchConfig:
     sy: int = 2
     random_destinations: bool = True
     seed: int = 0
+    attention: str = "elfatt"
 
 
 @dataclass
@@ -106,6 +119,9 @@ class ELFATTAttnProcessor:
     or spatial norms, q/k norms, levels downsampled more than ``max_downsample`` (or with fewer than
     ``min_tokens`` tokens, when given), a token count that is no level of the latent, and cross-attention
     unless ``cross_attention`` is set (then only the queries are merged and the text keys are attended exactly).
+
+    With ``attention="merge-only"`` the merged tokens run the layer's exact softmax attention instead (ToMe-SD's
+    acceleration, without ELFATT: the peer it is measured against).
     """
 
     def __init__(self, state: PatchState, original: object) -> None:
@@ -215,6 +231,9 @@ class ELFATTAttnProcessor:
         config = self.state.config
         q, k, v = (self._heads(attn, proj(merged)) for proj in (attn.to_q, attn.to_k, attn.to_v))
         batch, heads, _, dim = q.shape
+        if config.attention == "merge-only":
+            out = self._unmerge_heads(merge, F.scaled_dot_product_attention(q, k, v, scale=attn.scale))
+            return out.transpose(1, 2).reshape(batch, merge.tokens, heads * dim)
         num_global = global_head_count(heads, config.split, round_down=True)
         parts = []
         if num_global:

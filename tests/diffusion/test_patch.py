@@ -115,6 +115,32 @@ def _reference_attention(attn, x, size, block, split):
     return out @ weights["to_out.0.weight"].T + weights["to_out.0.bias"]
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.5])
+def test_merge_only_is_exact_softmax_over_the_merged_tokens(ratio):
+    """ToMe-SD's merge-only peer: merge, the layer's softmax attention over the merged tokens, unmerge, to_out."""
+    torch.manual_seed(2)
+    attn = Attention(query_dim=32, heads=4, dim_head=8).eval()
+    size = (6, 10)
+    x = torch.randn(2, 60, 32)
+    config = processor_module.PatchConfig(ratio=ratio, attention="merge-only", random_destinations=False)
+    state = processor_module.PatchState(config)
+    state.latent_size = size
+    processor = processor_module.ELFATTAttnProcessor(state, original=None)
+    with torch.no_grad():
+        out = processor(attn, x)
+    merge = processor_module.bipartite_soft_matching_2d(x, size, ratio, sx=2, sy=2, generator=None)
+    weights = {name: p.detach().double() for name, p in attn.named_parameters()}
+    merged = merge.merge(x.double())
+    q, k, v = ((merged @ weights[f"to_{n}.weight"].T).unflatten(-1, (4, 8)).transpose(1, 2) for n in "qkv")
+    scores = (q @ k.transpose(-1, -2) / 8**0.5).softmax(-1)
+    heads = merge.unmerge((scores @ v).transpose(1, 2).flatten(2))
+    ref = heads @ weights["to_out.0.weight"].T + weights["to_out.0.bias"]
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+    if ratio == 0.0:
+        with torch.no_grad():
+            assert torch.allclose(out, attn(x), rtol=1e-4, atol=1e-6)
+
+
 def test_patched_unet_is_finite_in_float16():
     unet = tiny_unet().half()
     sample, step, context = _inputs(24, 16, torch.float16)
@@ -148,6 +174,7 @@ def test_sampling_loop_runs_end_to_end_through_a_pipeline_object():
         (dict(min_tokens=0), "min_tokens"),
         (dict(split=2.0), "split"),
         (dict(block=0), ">= 1"),
+        (dict(attention="tome"), "attention must be one of elfatt, merge-only"),
     ],
 )
 def test_bad_options(kwargs, message):
