@@ -7,23 +7,33 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["atomic_save", "remove_stale_temporaries"]
+__all__ = ["atomic_save", "atomic_write_bytes", "remove_stale_temporaries"]
 
 
 def atomic_save(obj: Any, path: Path, *, mode: int | None = None) -> None:
     """``torch.save(obj)`` to ``path`` atomically: whatever happens, ``path`` holds the previous file or the new
     one, whole. ``mode`` sets the new file's permissions (``mkstemp`` makes it private)."""
+    _write_atomically(lambda file: torch.save(obj, file), path, mode)
+
+
+def atomic_write_bytes(data: bytes, path: Path, *, mode: int | None = 0o644) -> None:
+    """``data`` to ``path`` atomically, as :func:`atomic_save` (readable by all by default)."""
+    _write_atomically(lambda file: file.write(data), path, mode)
+
+
+def _write_atomically(write: Callable[[BinaryIO], object], path: Path, mode: int | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         if mode is not None:

@@ -10,11 +10,12 @@ __all__ = ["write_rows"]
 
 
 def write_rows(rows: Sequence[Mapping[str, object]], path: Path) -> None:
-    """Write ``rows`` (one mapping per line, the first one's keys as the header) to ``path``, creating its folder."""
+    """Write ``rows`` (one mapping per line) to ``path``, creating its folder; the header holds every key in the
+    order it first appears, and a row without a key leaves its cell empty."""
     if not rows:
         raise ValueError(f"no rows to write to {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(key for row in rows for key in row)), restval="")
         writer.writeheader()
         writer.writerows(rows)

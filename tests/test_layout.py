@@ -17,7 +17,7 @@ ALLOWED = {
     "bench": {"core", "attention", "models"},
     "data": {"core"},
     "train": {"core", "attention", "models", "data"},
-    "diffusion": {"core"},
+    "diffusion": {"core", "data"},
     "cli": {"core", "bench", "train", "export"},
 }
 CORE = {"functional", "blocks", "backends", "modules", "reference"}

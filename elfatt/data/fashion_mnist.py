@@ -20,7 +20,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["DEBIAN_DIR", "CLASSES", "FILES", "fashion_mnist", "fashion_mnist_dir", "read_idx", "RandomCropFlip"]
+__all__ = [
+    "DEBIAN_DIR",
+    "CLASSES",
+    "FILES",
+    "fashion_mnist",
+    "fashion_mnist_dir",
+    "fashion_mnist_pixels",
+    "read_idx",
+    "RandomCropFlip",
+]
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -86,6 +95,14 @@ def _split(name: str, folder: Path) -> tuple[Tensor, Tensor]:
     if len(images) != len(labels) or top >= len(CLASSES):
         raise ValueError(f"{folder}: {name} has {len(images)} images and {len(labels)} labels of 0..{top}")
     return images, labels.long()
+
+
+def fashion_mnist_pixels(split: str, data_dir: str | os.PathLike[str] | None = None) -> tuple[Tensor, Tensor]:
+    """The raw images ``[n, 28, 28]`` (uint8) and labels ``[n]`` (int64) of ``"train"`` (all 60,000) or ``"test"``,
+    for uses that normalise in their own way (the diffusion model's ``[-1, 1]``)."""
+    if split not in FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return _split(split, fashion_mnist_dir(data_dir))
 
 
 def fashion_mnist(

@@ -19,7 +19,7 @@ from torch import nn
 from elfatt._csv import write_rows
 from elfatt.diffusion.patch import apply_patch, remove_patch
 
-__all__ = ["SD15_UNET_CONFIG", "build_sd15_unet", "main"]
+__all__ = ["SD15_UNET_CONFIG", "SelfAttentionClock", "build_sd15_unet", "main"]
 
 # The unet/config.json of Stable Diffusion 1.5, written out so nothing is downloaded.
 SD15_UNET_CONFIG = dict(
@@ -51,7 +51,7 @@ def build_sd15_unet(seed: int = 0) -> nn.Module:
     return UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
 
 
-class _SelfAttentionClock:
+class SelfAttentionClock:
     """Adds up the wall time spent inside every ``attn1`` module during a call."""
 
     def __init__(self, unet: nn.Module) -> None:
@@ -76,7 +76,7 @@ class _SelfAttentionClock:
 
 def _measure(unet: nn.Module, inputs: tuple, repeats: int) -> tuple[float, float, torch.Tensor]:
     """Median UNet step and median self-attention time in ms, and the output of the last step."""
-    clock = _SelfAttentionClock(unet)
+    clock = SelfAttentionClock(unet)
     steps, attention = [], []
     with torch.inference_mode():
         out = unet(*inputs).sample

@@ -4,43 +4,20 @@ Debian's dataset-fashion-mnist is installed)."""
 from __future__ import annotations
 
 import csv
-import gzip
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from fashion_files import write_fashion_files, write_idx
 
-from elfatt.data.fashion_mnist import DEBIAN_DIR, FILES, RandomCropFlip, fashion_mnist, fashion_mnist_dir, read_idx
+from elfatt.data.fashion_mnist import DEBIAN_DIR, RandomCropFlip, fashion_mnist, fashion_mnist_dir, read_idx
 from elfatt.train import TrainConfig, train
-
-
-def _write_idx(path: Path, array: torch.Tensor, *, gz: bool = True) -> None:
-    header = (0x0800 + array.dim()).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
-    data = header + array.to(torch.uint8).numpy().tobytes()
-    if gz:
-        with gzip.open(path.with_name(path.name + ".gz"), "wb") as handle:
-            handle.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def _write_set(folder: Path, train_count: int = 60, test_count: int = 20, seed: int = 0) -> None:
-    """Small idx files: image ``i`` of class ``c`` has every pixel ``10 * c + i % 10``, so labels are readable."""
-    folder.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
-    for split, count in (("train", train_count), ("test", test_count)):
-        labels = torch.randint(10, (count,), generator=generator)
-        images = (10 * labels + torch.arange(count) % 10)[:, None, None].expand(count, 28, 28).contiguous()
-        images_name, labels_name = FILES[split]
-        _write_idx(folder / images_name, images, gz=split == "train")
-        _write_idx(folder / labels_name, labels, gz=split == "train")
 
 
 def test_idx_files_are_read_exactly(tmp_path):
     array = torch.randint(256, (3, 5, 7), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
-    _write_idx(tmp_path / "a", array)
-    _write_idx(tmp_path / "b", array, gz=False)
+    write_idx(tmp_path / "a", array)
+    write_idx(tmp_path / "b", array, gz=False)
     assert torch.equal(read_idx(tmp_path / "a.gz", 3), array) and torch.equal(read_idx(tmp_path / "b", 3), array)
     with pytest.raises(ValueError, match="not an idx file of 1-d"):
         read_idx(tmp_path / "b", 1)
@@ -50,7 +27,7 @@ def test_idx_files_are_read_exactly(tmp_path):
 
 
 def test_splits_are_disjoint_seeded_and_normalised_by_the_training_split(tmp_path):
-    _write_set(tmp_path)
+    write_fashion_files(tmp_path)
     train_set, val_set, test_set = (fashion_mnist(s, val_size=12, data_dir=tmp_path) for s in ("train", "val", "test"))
     assert (len(train_set), len(val_set), len(test_set)) == (48, 12, 20)
     raw = read_idx(tmp_path / "train-images-idx3-ubyte.gz", 3).double() / 255
@@ -75,7 +52,7 @@ def test_missing_files_name_the_package_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"apt-get install dataset-fashion-mnist") as error:
         fashion_mnist_dir(tmp_path)
     assert "\n" not in str(error.value) and str(tmp_path) in str(error.value)
-    _write_set(tmp_path / "set")
+    write_fashion_files(tmp_path / "set")
     monkeypatch.setenv("ELFATT_FASHION_MNIST_DIR", str(tmp_path / "set"))
     assert fashion_mnist_dir() == tmp_path / "set"
 
@@ -94,7 +71,7 @@ def test_augmentation_crops_and_flips_with_torch_draws(tmp_path):
 
 
 def test_training_reports_the_test_split_once_at_the_end(tmp_path, monkeypatch):
-    _write_set(tmp_path / "set", train_count=80, test_count=30)
+    write_fashion_files(tmp_path / "set", train_count=80, test_count=30)
     options = dict(epochs=2, batch_size=16, dim=16, depth=1, heads=2, patch=4, val_samples=20, progress=False)
     history = train(TrainConfig(task="fashion-mnist", data_dir=tmp_path / "set", out=tmp_path / "run", **options))
     assert len(history) == 2 and all("test_acc" not in row for row in history)
@@ -106,7 +83,7 @@ def test_training_reports_the_test_split_once_at_the_end(tmp_path, monkeypatch):
 def test_a_training_subset_is_a_seeded_draw_of_the_training_split_only(tmp_path):
     from elfatt.train.tasks import build_task
 
-    _write_set(tmp_path / "set", train_count=80, test_count=30)
+    write_fashion_files(tmp_path / "set", train_count=80, test_count=30)
     whole = build_task("fashion-mnist", val_samples=20, data_dir=tmp_path / "set")
     part = build_task("fashion-mnist", val_samples=20, train_subset=25, data_dir=tmp_path / "set")
     again = build_task("fashion-mnist", val_samples=20, train_subset=25, data_dir=tmp_path / "set")
@@ -133,7 +110,7 @@ def test_the_real_files(monkeypatch):
 def test_the_experiment_reports_test_accuracy_throughput_and_the_frontier(tmp_path, monkeypatch):
     from elfatt.train import experiments
 
-    _write_set(tmp_path / "set", train_count=120, test_count=40)
+    write_fashion_files(tmp_path / "set", train_count=120, test_count=40)
     monkeypatch.setenv("ELFATT_FASHION_MNIST_DIR", str(tmp_path / "set"))
     small = dict(experiments.PRESETS["fashion-mnist"], batch_size=32, dim=16, depth=1, val_samples=40)
     monkeypatch.setitem(experiments.PRESETS, "fashion-mnist", small)

@@ -1,0 +1,174 @@
+"""The diffusion model trained here and its evaluation, on small idx files and a handful of steps and samples."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from fashion_files import write_fashion_files  # noqa: E402
+
+import elfatt.diffusion.processor as processor_module  # noqa: E402
+from elfatt.diffusion import apply_patch  # noqa: E402
+from elfatt.diffusion.fashion.__main__ import main  # noqa: E402
+from elfatt.diffusion.fashion.evaluate import EvaluationConfig, evaluate, load_diffusion_model  # noqa: E402
+from elfatt.diffusion.fashion.model import ClassConditionalUNet, generate, to_model_range  # noqa: E402
+from elfatt.diffusion.fashion.quality import feature_statistics, frechet_distance  # noqa: E402
+from elfatt.diffusion.fashion.train import (  # noqa: E402
+    ClassifierTrainConfig,
+    DiffusionTrainConfig,
+    train_classifier,
+    train_diffusion,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fashion")
+    write_fashion_files(folder, train_count=40, test_count=20)
+    return folder
+
+
+# A narrower UNet of the same layout, so that training steps take milliseconds.
+NARROW = dict(block_out_channels=(16, 16, 16), norm_num_groups=8, attention_head_dim=2, cross_attention_dim=16)
+
+
+@pytest.fixture
+def narrow_unet(monkeypatch):
+    import elfatt.diffusion.fashion.model as model_module
+
+    monkeypatch.setattr(model_module, "UNET_CONFIG", dict(model_module.UNET_CONFIG, **NARROW))
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "unet.safetensors")
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(data, tmp_path, narrow_unet):
+    options = dict(batch_size=4, warmup_steps=2, checkpoint_every=2, data_dir=data, progress=False)
+    train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "whole", **options))
+    train_diffusion(DiffusionTrainConfig(steps=2, out=tmp_path / "parts", **options))
+    log = train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "parts", resume=True, **options))
+    whole, parts = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[key], parts[key]) for key in whole)
+    assert [row["step"] for row in log] == [2, 4]
+    assert (tmp_path / "parts" / "diffusion_loss.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="has trained 4 steps already, --steps is 4: pass more"):
+        train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "parts", resume=True, **options))
+    with pytest.raises(ValueError, match="saved by a run with lr=0.0005, but this command has lr=0.001"):
+        train_diffusion(DiffusionTrainConfig(steps=6, lr=1e-3, out=tmp_path / "parts", resume=True, **options))
+    with pytest.raises(ValueError, match="there is no .*last.pt; start without --resume"):
+        train_diffusion(DiffusionTrainConfig(steps=6, out=tmp_path / "none", resume=True, **options))
+    (tmp_path / "parts" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*; start afresh without --resume"):
+        train_diffusion(DiffusionTrainConfig(steps=6, out=tmp_path / "parts", resume=True, **options))
+
+
+def test_samples_depend_on_their_seed_not_on_the_batching(narrow_unet):
+    torch.manual_seed(0)
+    model = ClassConditionalUNet().eval()
+    labels, seeds = [3, 1, 4, 1, 5], [10, 11, 12, 13, 14]
+    together = generate(model, labels, seeds, steps=2, batch_size=5)
+    apart = generate(model, labels, seeds, steps=2, batch_size=2)
+    assert together.shape == (5, 1, 32, 32) and together.abs().max() <= 1
+    # DDIM's first step from t=999 divides by sqrt(alpha_bar) ~ 1e-2, so float32 differences between batchings grow
+    # to ~1e-3 with untrained weights; other seeds differ by ~1.
+    assert (together - apart).abs().max() < 1e-2
+    alone = generate(model, labels[2:3], seeds[2:3], steps=2)
+    assert (alone[0] - together[2]).abs().max() < 1e-2 and (together[2] - together[3]).abs().mean() > 0.1
+    with pytest.raises(ValueError, match="2 labels but 1 seeds"):
+        generate(model, [0, 1], [0], steps=1)
+
+
+def test_the_default_patch_covers_the_three_self_attention_layers_at_1024_tokens(monkeypatch):
+    torch.manual_seed(0)
+    model = ClassConditionalUNet().eval()
+    seen = []
+    real = processor_module.global_linear_attention
+    monkeypatch.setattr(
+        processor_module, "global_linear_attention", lambda q, k, v: seen.append(q.shape) or real(q, k, v)
+    )
+    apply_patch(model, ratio=0.0)
+    with torch.no_grad():
+        model(torch.randn(2, 1, 32, 32), torch.tensor(10), torch.tensor([0, 10]))
+    # One down and two up layers at 32x32, 4 heads split 2 global + 2 block; none at 16x16, no cross-attention.
+    assert seen == [torch.Size([2, 2, 1024, 8])] * 3
+
+
+def test_frechet_distance_matches_scipy_and_the_closed_form():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 6, generator=generator, dtype=torch.float64) @ torch.randn(6, 6, generator=generator).double()
+    b = torch.randn(200, 6, generator=generator, dtype=torch.float64) + 0.5
+    (m1, s1), (m2, s2) = feature_statistics(a), feature_statistics(b)
+    root = scipy_linalg.sqrtm(s1.numpy() @ s2.numpy()).real
+    expected = ((m1 - m2) ** 2).sum().item() + (s1.trace() + s2.trace()).item() - 2 * root.trace()
+    assert frechet_distance((m1, s1), (m2, s2)) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance((m1, s1), (m1, s1)) == pytest.approx(0.0, abs=1e-9)
+    # Diagonal covariances: |m1 - m2|^2 + sum (sqrt(a_i) - sqrt(b_i))^2.
+    first, second = torch.tensor([1.0, 4.0, 9.0]).double(), torch.tensor([4.0, 1.0, 9.0]).double()
+    shift = torch.tensor([1.0, 0.0, 2.0]).double()
+    closed = 5.0 + 1.0 + 1.0 + 0.0
+    assert frechet_distance((shift, torch.diag(first)), (torch.zeros(3).double(), torch.diag(second))) == pytest.approx(
+        closed
+    )
+    with pytest.raises(ValueError, match="need features"):
+        feature_statistics(torch.zeros(1, 3))
+
+
+def test_images_enter_the_model_padded_in_minus_one_to_one():
+    images = torch.tensor([0, 255], dtype=torch.uint8).repeat(28 * 14).reshape(1, 28, 28)
+    x = to_model_range(images)
+    assert x.shape == (1, 1, 32, 32) and x.min() == -1 and x.max() == 1
+    assert (x[..., :2, :] == -1).all() and (x[..., 2:30, 2:30] == images.float().div(127.5).sub(1)).all()
+
+
+def test_evaluation_end_to_end_writes_the_table_and_the_grid(data, tmp_path, narrow_unet):
+    options = dict(data_dir=data, out=tmp_path, progress=False)
+    train_diffusion(DiffusionTrainConfig(steps=2, batch_size=4, **options))
+    judge = train_classifier(ClassifierTrainConfig(epochs=1, batch_size=16, **options))
+    assert 0 <= judge["test_accuracy"] <= 1 and judge["test_images"] == 20
+    settings = ["original", "elfatt, merge 0.5", "tome (merge only) 0.5"]
+    config = EvaluationConfig(
+        model_dir=tmp_path, samples=6, steps=2, batch_size=3, timing_rounds=1, settings=settings, **options
+    )
+    rows = evaluate(config)
+    assert [row["setting"] for row in rows] == ["real training images (6)", *settings]
+    original = rows[1]
+    assert original["pixel_difference"] == 0 and original["step_speedup"] == 1
+    assert all(row["frechet_distance"] >= 0 and 0 <= row["class_accuracy"] <= 1 for row in rows)
+    assert all(row["pixel_difference"] > 0 and row["self_attention_ms"] > 0 for row in rows[2:])
+    with (tmp_path / "quality.csv").open() as handle:
+        assert [row["setting"] for row in csv.DictReader(handle)] == [row["setting"] for row in rows]
+    summary = (tmp_path / "quality.md").read_text()
+    assert (
+        "not Inception FID" in summary
+        and "- tome (merge only) 0.5: apply_patch(ratio=0.5, attention='merge-only')" in summary
+    )
+    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert torch.equal(
+        next(load_diffusion_model(tmp_path).parameters()), next(load_diffusion_model(tmp_path).parameters())
+    )
+
+
+def test_commands_refuse_what_they_cannot_do_in_one_line(data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--model-dir", str(tmp_path), "--out", str(tmp_path), "--data-dir", str(data)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("no unet in " + str(tmp_path) + " (unet.safetensors and unet.json); train it first")
+    assert "\n" not in error
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--settings", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--settings", "elfatt", "--model-dir", str(tmp_path), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["train", "--steps", "0"])
+    assert "--steps: must be >= 1, got 0" in capsys.readouterr().err
