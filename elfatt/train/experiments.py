@@ -75,13 +75,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--out", type=Path, default=None, help="default results/train-<task>")
     parser.add_argument("--summarize", action="store_true", help="rewrite the summary of the finished runs, train none")
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="measure train and inference images/s of the mechanisms side by side (throughput.csv), train none",
+    )
     args = parser.parse_args(argv)
     out = args.out or Path("results") / f"train-{args.task}"
     preset = dict(PRESETS[args.task], **({"epochs": args.epochs} if args.epochs else {}))
     mechanisms = args.mechanisms or preset.get("mechanisms", MECHANISMS)
     base = TrainConfig(progress=False, **{key: value for key, value in preset.items() if key != "mechanisms"})
-    if args.summarize:
+    if args.throughput:
+        from elfatt.train.throughput import measure_throughput
+
+        measured = measure_throughput(base, mechanisms)
+        write_rows(measured, out / "throughput.csv")
+        for row in measured:
+            print(f"{row['mechanism']}: train {row['train_images_per_s']:.0f} img/s, "
+                  f"inference {row['infer_images_per_s']:.0f} img/s", flush=True)  # fmt: skip
+    if args.summarize or args.throughput:
         rows = _earlier_rows(out, base, set())
+        if not rows and args.throughput:
+            print(f"wrote {out / 'throughput.csv'}; no finished runs to summarise yet")
+            return 0
         if not rows:
             parser.error(f"no finished runs of the {args.task} settings in {out}")
         _write_summary(rows, out, args.task, preset)
@@ -169,9 +185,11 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
     # Tasks with a held-out test split report it; the others their final validation accuracy.
     tested = all("test_acc" in row for row in rows)
     measure = "test_acc" if tested else "val_acc"
+    side_by_side = _side_by_side(out)
+    speeds = "train img/s † | inference img/s †" if side_by_side else "train img/s | inference img/s"
     header = (
         "| mechanism | test acc, final model (mean ± std over seeds) | per seed | test acc, best-val model | "
-        "val acc | train img/s | inference img/s | peak MiB | wall min / run | runs |"
+        f"val acc | {speeds} | peak MiB | wall min / run | runs |"
         if tested
         else "| mechanism | final val acc (mean ± std over seeds) | per seed | s / epoch | peak MiB | wall min / run | "
         "runs |"
@@ -189,6 +207,12 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
         memory = max(row["peak_mib"] for row in runs)
         speed = statistics.median(row.get("infer_images_per_s", row.get("train_images_per_s", 0.0)) for row in runs)
+        train_speed = statistics.median(row.get("train_images_per_s", 0.0) for row in runs)
+        if mechanism in side_by_side:
+            train_speed, speed = (
+                side_by_side[mechanism]["train_images_per_s"],
+                side_by_side[mechanism]["infer_images_per_s"],
+            )
         summary.append((mechanism, statistics.mean(accuracies), spread, speed))
         per_seed = ", ".join(f"{100 * accuracy:.1f}" for accuracy in accuracies)
         cells = [mechanism, f"{100 * statistics.mean(accuracies):.1f} ± {100 * spread:.1f}", per_seed]
@@ -196,23 +220,44 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
             cells += [
                 f"{100 * statistics.mean(row['best_val_model_test_acc'] for row in runs):.1f}",
                 f"{100 * statistics.mean(row['val_acc'] for row in runs):.1f}",
-                f"{statistics.median(row['train_images_per_s'] for row in runs):.0f}",
+                f"{train_speed:.0f}",
                 f"{speed:.0f}",
             ]
         else:
             cells.append(f"{statistics.median(row['seconds_per_epoch'] for row in runs):.1f}")
         wall = ", ".join(f"{row['wall_seconds'] / 60:.1f}" for row in runs)
         lines.append("| " + " | ".join([*cells, f"{memory:.0f}", wall, str(len(runs))]) + " |")
+    if side_by_side:
+        some = next(iter(side_by_side.values()))
+        lines += [
+            "",
+            f"† measured side by side (`--throughput`): one process, {some['threads']:.0f} threads, one batch of "
+            f"{some['batch_size']:.0f} training images, every mechanism in turn for {some['rounds']:.0f} rounds, "
+            "medians; a train step is forward, backward and AdamW. Each run's own figures, measured during its "
+            "training, are in runs.csv.",
+        ]
     lines += ["", "Mechanisms (`elfatt.attention.MECHANISMS`):", ""]
     lines += [f"- `{name}`: {MECHANISM_REGISTRY[name].summary}" for name, *_ in summary if name in MECHANISM_REGISTRY]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     title = f"{task}: same model, different attention ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
     _plot(rows, [entry[:3] for entry in summary], out, title, measure)
     if tested:
-        _plot_frontier(summary, out, title)
+        _plot_frontier(summary, out, title, bool(side_by_side))
 
 
-def _plot_frontier(summary: list[tuple[str, float, float, float]], out: Path, title: str) -> None:
+def _side_by_side(out: Path) -> dict[str, dict[str, float]]:
+    """``throughput.csv`` of ``out`` by mechanism, when ``--throughput`` wrote one."""
+    path = out / "throughput.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {
+            row["mechanism"]: {key: float(value) for key, value in row.items() if key != "mechanism"}
+            for row in csv.DictReader(handle)
+        }
+
+
+def _plot_frontier(summary: list[tuple[str, float, float, float]], out: Path, title: str, side_by_side: bool) -> None:
     """``accuracy_vs_throughput.png``: test accuracy (mean, spread over seeds) against inference images/s."""
     import matplotlib
 
@@ -224,7 +269,8 @@ def _plot_frontier(summary: list[tuple[str, float, float, float]], out: Path, ti
         axes.errorbar(speed, 100 * mean, yerr=100 * spread, fmt="o", capsize=4, color=f"C{index}", label=name)
         axes.annotate(name, (speed, 100 * mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
     axes.set_xscale("log")
-    axes.set_xlabel("inference images / s (log scale; same process, batch of the run)")
+    measured = "all mechanisms side by side in one process" if side_by_side else "each run's own process"
+    axes.set_xlabel(f"inference images / s (log scale; {measured}, batch of the run)")
     axes.set_ylabel("test accuracy (%)")
     axes.grid(True, which="both", alpha=0.3)
     axes.set_title(title, fontsize=10)

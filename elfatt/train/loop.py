@@ -33,9 +33,18 @@ from elfatt.attention import MECHANISMS
 from elfatt.data.cache import cache_dir
 from elfatt.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
 from elfatt.train.model import build_model
-from elfatt.train.tasks import build_task, check_task_name, image_side, is_generated
+from elfatt.train.tasks import Task, build_task, check_task_name, image_side, is_generated
 
-__all__ = ["TrainConfig", "build_optimizer", "check_config", "TrainingStopped", "RunAborted", "NonFiniteLoss", "train"]
+__all__ = [
+    "TrainConfig",
+    "build_optimizer",
+    "check_config",
+    "task_of",
+    "TrainingStopped",
+    "RunAborted",
+    "NonFiniteLoss",
+    "train",
+]
 
 # How long a process of a distributed run waits for the others in one collective before it gives up.
 DDP_TIMEOUT = timedelta(minutes=5)
@@ -188,6 +197,23 @@ def _run_epoch(model, loader, setup, config, *, optimizer=None, scheduler=None, 
     return total_loss / max(count, 1), correct / max(count, 1)
 
 
+def task_of(config: TrainConfig) -> Task:
+    """The task a run of ``config`` trains on (its data, split and augmentation)."""
+    return build_task(
+        config.task,
+        seed=config.seed,
+        train_samples=config.train_samples,
+        val_samples=config.val_samples,
+        train_subset=config.train_subset,
+        image_size=config.image_size,
+        max_length=config.max_length,
+        path_length=config.path_length,
+        skip_unreadable_images=config.skip_unreadable_images,
+        augment=config.augment,
+        data_dir=config.data_dir,
+    )
+
+
 def check_config(config: TrainConfig) -> None:
     """Check ``config`` before any data is made: every count in range, and what the options mean together.
 
@@ -274,19 +300,7 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
     state = None if config.resume is None else load_checkpoint(config.resume, setup.device)
     start_epoch = 0 if state is None else check_resume(state, config, config.resume)
     torch.manual_seed(config.seed)
-    task = build_task(
-        config.task,
-        seed=config.seed,
-        train_samples=config.train_samples,
-        val_samples=config.val_samples,
-        train_subset=config.train_subset,
-        image_size=config.image_size,
-        max_length=config.max_length,
-        path_length=config.path_length,
-        skip_unreadable_images=config.skip_unreadable_images,
-        augment=config.augment,
-        data_dir=config.data_dir,
-    )
+    task = task_of(config)
     model = build_model(
         config.model,
         task,

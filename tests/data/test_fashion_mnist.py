@@ -129,3 +129,12 @@ def test_the_experiment_reports_test_accuracy_throughput_and_the_frontier(tmp_pa
     assert 0 <= float(run["test_acc"]) <= 1 and float(run["infer_images_per_s"]) > 0
     assert float(run["train_images_per_s"]) > 0
     assert rows["elfatt"].split(" | ")[-2] == f"{float(run['wall_seconds']) / 60:.1f}"
+    # Side by side: the table's images/s then come from throughput.csv, marked and explained.
+    assert experiments.main([*argv, "--throughput", "--out", str(tmp_path / "out")]) == 0
+    measured = {row["mechanism"]: row for row in csv.DictReader((tmp_path / "out" / "throughput.csv").open())}
+    assert set(measured) == {"elfatt", "sdpa-lepe"} and all(float(row["rounds"]) == 5 for row in measured.values())
+    summary = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert "train img/s † | inference img/s †" in summary[2]
+    elfatt_row = next(line for line in summary if line.startswith("| elfatt |")).split(" | ")
+    assert elfatt_row[6] == f"{float(measured['elfatt']['infer_images_per_s']):.0f}"
+    assert any(line.startswith("† measured side by side") for line in summary)
