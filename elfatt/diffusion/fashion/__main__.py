@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=[setting.name for setting in SETTINGS],
         default=list(score_defaults.settings),
         metavar="SETTING",
-        help=f"default: all of {', '.join(repr(setting.name) for setting in SETTINGS)}",
+        help=f"default: all of {', '.join(repr(setting.name) for setting in SETTINGS)}; 'original' always runs first",
     )
     for command in (train, judge, score):
         command.add_argument("--out", type=output_folder, default=defaults.out)

@@ -91,13 +91,12 @@ def _check(config: EvaluationConfig) -> list[Setting]:
     unknown = [name for name in config.settings if name not in known]
     if unknown:
         raise ValueError(f"unknown setting {unknown[0]!r}; choose from {', '.join(map(repr, known))}")
-    if "original" not in config.settings:
-        raise ValueError("the settings must include 'original', which the others are compared with")
     for name in ("samples", "steps", "batch_size", "timing_rounds"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.samples < 2:
         raise ValueError("samples must be >= 2 for a covariance")
+    # The original attention always runs first: every ratio and pixel difference is taken against it.
     return [known[name] for name in dict.fromkeys(["original", *config.settings])]
 
 
