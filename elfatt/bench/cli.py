@@ -65,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed ``args``; returns the exit status."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from elfatt._progress import progress_bar
     from elfatt.bench.measure import memory_method
     from elfatt.bench.report import machine_info, print_tables, write_csv, write_json, write_markdown, write_plots
     from elfatt.bench.runner import BenchConfig, add_ratios, iterate, plan_cells
@@ -108,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
         f"torch {machine['torch']}, {config.dtype}{', compiled' if config.compile else ''}"
     )
     rows = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar(console=console, transient=True) as progress:
         task = progress.add_task("starting", total=len(plan_cells(config)))
         for cell, row in iterate(config):
             rows.append(row)

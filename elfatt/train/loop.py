@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from elfatt._arguments import one_line, writable_folder_error
 from elfatt._csv import write_rows
 from elfatt._memory import peak_rss_mib, reset_peak_rss
+from elfatt._progress import progress_bar
 from elfatt.attention import MECHANISMS
 from elfatt.data.cache import cache_dir
 from elfatt.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
@@ -430,17 +431,8 @@ def _stop_on_non_finite_loss(config: TrainConfig, epoch: int):
         ) from None
 
 
-@contextlib.contextmanager
 def _progress(config: TrainConfig, setup: _Distributed):
-    if not (config.progress and setup.main):
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-    ) as progress:
-        yield progress
+    return progress_bar(config.progress and setup.main, transient=True)
 
 
 def _write_log(history: list[dict], out: Path) -> None:

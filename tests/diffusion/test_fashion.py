@@ -96,8 +96,8 @@ def test_the_default_patch_covers_the_three_self_attention_layers_at_1024_tokens
     apply_patch(model, ratio=0.0)
     with torch.no_grad():
         model(torch.randn(2, 1, 32, 32), torch.tensor(10), torch.tensor([0, 10]))
-    # One down and two up layers at 32x32, 4 heads split 2 global + 2 block; none at 16x16, no cross-attention.
-    assert seen == [torch.Size([2, 2, 1024, 8])] * 3
+    # One down and two up layers at 32x32, 2 heads split 1 global + 1 block; none at 16x16, no cross-attention.
+    assert seen == [torch.Size([2, 1, 1024, 16])] * 3
 
 
 def test_frechet_distance_matches_scipy_and_the_closed_form():

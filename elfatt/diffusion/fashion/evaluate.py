@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from elfatt._csv import write_rows
+from elfatt._progress import progress_bar
 from elfatt.data.fashion_mnist import CLASSES, fashion_mnist_pixels
 from elfatt.diffusion.bench import SelfAttentionClock
 from elfatt.diffusion.fashion.model import ClassConditionalUNet, generate, load_model, to_model_range
@@ -134,11 +135,10 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
         )
     ]
     samples: dict[str, Tensor] = {}
-    progress = _progress(config.progress)
-    with progress:
+    with progress_bar(config.progress) as progress:
         for setting in settings:
             _apply(model, setting)
-            task = progress.add_task(setting.name, total=config.samples) if config.progress else None
+            task = progress.add_task(setting.name, total=config.samples) if progress else None
             clock = SelfAttentionClock(model.unet)
             start = time.perf_counter()
             images = generate(
@@ -148,7 +148,7 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
                 steps=config.steps,
                 guidance=config.guidance,
                 batch_size=config.batch_size,
-                on_batch=(lambda n, task=task: progress.advance(task, n)) if config.progress else None,
+                on_batch=(lambda n, task=task: progress.advance(task, n)) if progress else None,
             )
             wall = time.perf_counter() - start
             clock.remove()
@@ -177,16 +177,6 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
     _write_summary(rows, config, judge)
     _save_grid(samples, labels, config.grid_columns, config.out / "samples.png")
     return rows
-
-
-def _progress(enabled: bool):
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
 def _describe(setting: Setting) -> str:

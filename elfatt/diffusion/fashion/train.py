@@ -15,6 +15,7 @@ from torch import Tensor
 from elfatt._arguments import one_line
 from elfatt._atomic import atomic_save
 from elfatt._csv import write_rows
+from elfatt._progress import progress_bar
 from elfatt.data.fashion_mnist import fashion_mnist_pixels
 from elfatt.diffusion.fashion.model import (
     NUM_CLASSES,
@@ -37,8 +38,8 @@ RESUMABLE = frozenset({"steps", "out", "resume", "progress", "data_dir", "checkp
 class DiffusionTrainConfig:
     """Everything a diffusion training run depends on; saved in ``last.pt``."""
 
-    steps: int = 3000
-    batch_size: int = 64
+    steps: int = 1500
+    batch_size: int = 32
     lr: float = 5e-4
     warmup_steps: int = 200
     ema_decay: float = 0.999
@@ -63,25 +64,6 @@ class ClassifierTrainConfig:
     data_dir: Path | None = None
     out: Path = DEFAULT_OUT
     progress: bool = True
-
-
-def _progress(enabled: bool):
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
-    )
 
 
 def _training_images(data_dir: Path | None) -> tuple[Tensor, Tensor]:
@@ -155,7 +137,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
         start_step, log, seconds = state["step"], state["log"], state["seconds"]
     model.train()
     losses: list[float] = []
-    with _progress(config.progress) as progress:
+    with progress_bar(config.progress, remaining=True) as progress:
         task = progress.add_task("diffusion", total=config.steps, completed=start_step) if progress else None
         began = time.perf_counter()
         for step in range(start_step, config.steps):
@@ -254,7 +236,7 @@ def train_classifier(config: ClassifierTrainConfig) -> dict:
     per_epoch = math.ceil(len(images) / config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * per_epoch)
     start = time.perf_counter()
-    with _progress(config.progress) as progress:
+    with progress_bar(config.progress, remaining=True) as progress:
         task = progress.add_task("classifier", total=config.epochs * per_epoch) if progress else None
         for epoch in range(config.epochs):
             model.train()
