@@ -108,8 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mechanism in mechanisms:
         for seed in args.seeds:
             start = time.perf_counter()
-            history = train(_run_config(base, out, mechanism, seed))
+            config = _run_config(base, out, mechanism, seed)
+            history = train(config)
             wall = time.perf_counter() - start
+            _write_run_record(config.out, asdict(config), len(history))
             final = history[-1]
             row = dict(
                 mechanism=mechanism,
@@ -150,8 +152,8 @@ def _run_config(base: TrainConfig, out: Path, mechanism: str, seed: int) -> Trai
 
 
 def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> list[dict]:
-    """Rows of ``out/runs.csv`` whose run is not about to be redone and whose last checkpoint holds all epochs of
-    exactly this experiment's settings; anything else there is dropped."""
+    """Rows of ``out/runs.csv`` whose run is not about to be redone and that trained all epochs of exactly this
+    experiment's settings (by the run's ``run.json``, else its last checkpoint); anything else there is dropped."""
     path = out / "runs.csv"
     if not path.is_file():
         return []
@@ -159,20 +161,39 @@ def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> 
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             mechanism, seed = row["mechanism"], int(row["seed"])
-            checkpoint = _run_dir(out, mechanism, seed) / "last.pt"
-            if (mechanism, seed) in rerun or not checkpoint.is_file():
-                continue
-            try:
-                state = load_checkpoint(checkpoint)
-            except CheckpointError:
-                continue
+            record = None if (mechanism, seed) in rerun else _run_record(_run_dir(out, mechanism, seed))
             expected = _run_config(base, out, mechanism, seed)
-            saved = saved_config(state, TrainConfig())
-            if _settings(saved) != _settings(asdict(expected)) or state["epoch"] + 1 != expected.epochs:
+            if record is None or record != (_comparable(asdict(expected)), expected.epochs):
                 continue
             numbers = {key: float(value) for key, value in row.items() if key not in ("mechanism", "seed")}
             kept.append(dict(mechanism=mechanism, seed=seed, **numbers))
     return kept
+
+
+def _run_record(run: Path) -> tuple[dict, int] | None:
+    """A run's settings and the epochs it trained: from its ``last.pt`` when there (refreshing ``run.json``), else
+    from ``run.json`` (committed with the results, unlike checkpoints); None when neither is readable."""
+    checkpoint, record = run / "last.pt", run / "run.json"
+    if checkpoint.is_file():
+        try:
+            state = load_checkpoint(checkpoint)
+        except CheckpointError:
+            return None
+        _write_run_record(run, saved_config(state, TrainConfig()), int(state["epoch"]) + 1)
+    if not record.is_file():
+        return None
+    data = json.loads(record.read_text())
+    return data["settings"], data["epochs_trained"]
+
+
+def _write_run_record(run: Path, config: dict, epochs_trained: int) -> None:
+    record = dict(settings=_comparable(config), epochs_trained=epochs_trained)
+    (run / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _comparable(config: dict) -> dict:
+    """The settings of ``config`` as JSON gives them back (paths as strings, tuples as lists)."""
+    return json.loads(json.dumps(_settings(config), default=str))
 
 
 def _settings(config: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -146,6 +147,13 @@ def test_experiments_add_seeds_to_earlier_runs_of_the_same_settings(tmp_path):
     (tmp_path / "summary.md").unlink()
     assert experiments([*argv, "--summarize"]) == 0
     assert (tmp_path / "summary.md").read_text() == summary
+    # A clone has the committed run.json files but no checkpoints (ignored by git): the runs stay.
+    for checkpoint in tmp_path.glob("*/*.pt"):
+        checkpoint.unlink()
+    assert experiments([*argv, "--summarize"]) == 0
+    assert (tmp_path / "summary.md").read_text() == summary
+    record = json.loads((tmp_path / "elfatt-seed0" / "run.json").read_text())
+    assert record["epochs_trained"] == 1 and record["settings"]["model"] == "elfatt" and "out" not in record["settings"]
     # Other settings: the earlier runs are not comparable and leave the summary.
     assert experiments([*argv[:4], "--epochs", "2", "--out", str(tmp_path), "--seeds", "2"]) == 0
     assert seeds_in_summary() == [("elfatt", "2")]
