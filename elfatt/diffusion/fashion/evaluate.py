@@ -215,7 +215,9 @@ def _write_summary(rows: list[dict], config: EvaluationConfig, judge: dict) -> N
         f"{config.guidance:g}, batch {config.batch_size} (x2 for guidance), fp32, {threads} CPU threads. Frechet "
         f"distance in the features of the classifier trained here (test accuracy {100 * judge['test_accuracy']:.1f}%"
         "), to the 10,000 test images: not Inception FID. Step times: one guided step at batch "
-        f"{2 * config.batch_size}, median of {config.timing_rounds} rounds with the settings in turn.",
+        f"{2 * config.batch_size}, median of {config.timing_rounds} rounds with the settings in turn. Pixel diff: "
+        "the mean absolute difference to the original attention's sample of the same seed, as a fraction of the "
+        "pixel range.",
         "",
         "| setting | Frechet distance | class acc | pixel diff to original | s / sample | x | self-attn s / sample | "
         "step ms | x | self-attn ms | x |",
