@@ -40,7 +40,8 @@ def _copy_bandwidth() -> float:
 
 
 def _measure_side(side: int, args: argparse.Namespace, bandwidth: float) -> dict:
-    """Times of one grid side: the global part (floor, PyTorch, Triton), the whole layer, SDPA flash."""
+    """Times of one grid side: the global part (floor, PyTorch, Triton; forward, and forward + backward), the
+    whole layer, SDPA flash."""
     tokens = side * side
     q, k, v = (
         torch.randn(args.batch, args.heads, tokens, args.dim, device="cuda", dtype=torch.bfloat16) for _ in "qkv"
@@ -48,7 +49,14 @@ def _measure_side(side: int, args: argparse.Namespace, bandwidth: float) -> dict
     half = args.heads // 2
     floor_ms = global_part_bytes(args.batch, half, tokens, args.dim, 2) / bandwidth * 1e3
     row = dict(side=side, tokens=tokens, floor_ms=floor_ms)
+    leaves = [x[:, :half].detach().requires_grad_() for x in (q, k, v)]
+    grad = torch.randn_like(leaves[2])
     for backend in ("torch", "triton"):
+
+        def forward_backward(backend: str = backend) -> None:
+            global_linear_attention(*leaves, backend=backend).backward(grad)
+
+        row[f"global_{backend}_fwd_bwd_ms"] = _cuda_ms(forward_backward)
         row[f"global_{backend}_ms"] = _cuda_ms(
             lambda: global_linear_attention(q[:, :half], k[:, :half], v[:, :half], backend=backend)  # noqa: B023
         )
@@ -85,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(dict(gpu=gpu, **row))
         print(
             f"{side:>4}^2 floor {row['floor_ms']:.4f} ms | global torch {row['global_torch_ms']:.4f} triton "
-            f"{row['global_triton_ms']:.4f} ({row['triton_vs_floor']:.2f}x floor) | layer torch "
+            f"{row['global_triton_ms']:.4f} ({row['triton_vs_floor']:.2f}x floor), fwd+bwd torch "
+            f"{row['global_torch_fwd_bwd_ms']:.4f} triton {row['global_triton_fwd_bwd_ms']:.4f} | layer torch "
             f"{row['layer_torch_ms']:.4f} triton {row['layer_triton_ms']:.4f} | SDPA flash {row['sdpa_flash_ms']:.4f} "
             f"({row['layer_speedup_vs_sdpa']:.1f}x)",
             flush=True,
