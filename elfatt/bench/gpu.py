@@ -6,6 +6,10 @@ path), the global-part kernels (Triton against PyTorch, forward and backward, an
 benchmark in bf16 without and with ``torch.compile`` (op level up to 256x256 tokens, model level up to 1024 px).
 Each step's output goes to ``<out>/<step>.log``; ``<out>/pack.json`` and ``<out>/summary.md`` say what ran, how
 long, and how it ended. ``--dry-run`` prints and writes the plan without running it, on any machine.
+
+On the project's lent H200 (its image has torch, Triton, timm, rich, matplotlib and pytest; at most 8 files come
+back), run it from the checkout without installing and send one archive back:
+``PYTHONPATH=. PYTHONUNBUFFERED=1 python3 -m elfatt.bench.gpu --out /tmp/gpu; tar czf $OUT/gpu.tgz -C /tmp gpu``.
 """
 
 from __future__ import annotations
