@@ -15,6 +15,7 @@ import torch
 
 from elfatt._arguments import one_line
 from elfatt._atomic import atomic_save, remove_stale_temporaries
+from elfatt._resume import changed_options
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -97,16 +98,9 @@ def check_resume(state: dict[str, Any], config: Any, path: Path) -> int:
         CheckpointError: the command differs from the run in anything but :data:`RESUMABLE_CHANGES`, or asks for
             no more epochs than the checkpoint has trained.
     """
-    saved = saved_config(state, type(config)())
-    asked = asdict(config)
-    changed = [key for key in asked if key not in RESUMABLE_CHANGES and saved[key] != asked[key]]
-    if changed:
-        was = ", ".join(f"{key}={saved[key]}" for key in changed)
-        now = ", ".join(f"{key}={asked[key]}" for key in changed)
-        raise CheckpointError(
-            f"{path} was saved by a run with {was}, but this command has {now}: resume with the run's options, "
-            "or start a new run with another --out"
-        )
+    refusal = changed_options(saved_config(state, type(config)()), asdict(config), RESUMABLE_CHANGES, path)
+    if refusal:
+        raise CheckpointError(refusal)
     done = int(state["epoch"]) + 1
     if config.epochs <= done:
         raise CheckpointError(f"{path} has trained {done} epochs already, --epochs is {config.epochs}: pass more")

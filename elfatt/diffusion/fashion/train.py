@@ -16,6 +16,7 @@ from elfatt._arguments import one_line
 from elfatt._atomic import atomic_save
 from elfatt._csv import write_rows
 from elfatt._progress import progress_bar
+from elfatt._resume import changed_options
 from elfatt.data.fashion_mnist import fashion_mnist_pixels
 from elfatt.diffusion.fashion.model import (
     NUM_CLASSES,
@@ -94,14 +95,9 @@ def _resume_state(config: DiffusionTrainConfig) -> dict | None:
         saved = state["config"]
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise ValueError(f"cannot read checkpoint {path} ({one_line(error)}); start afresh without --resume") from None
-    wanted = asdict(config)
-    changed = [name for name in wanted if name not in RESUMABLE and saved.get(name) != wanted[name]]
-    if changed:
-        name = changed[0]
-        raise ValueError(
-            f"{path} was saved by a run with {name}={saved.get(name)}, but this command has {name}={wanted[name]}: "
-            "resume with the run's options"
-        )
+    refusal = changed_options(saved, asdict(config), RESUMABLE, path)
+    if refusal:
+        raise ValueError(refusal)
     if state["step"] >= config.steps:
         raise ValueError(f"{path} has trained {state['step']} steps already, --steps is {config.steps}: pass more")
     return state
