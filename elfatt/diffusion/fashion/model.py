@@ -123,12 +123,12 @@ def generate(
         [torch.randn(1, IMAGE_SIDE, IMAGE_SIDE, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
     )
     classes = torch.as_tensor(list(labels), dtype=torch.long)
+    scheduler = sampling_scheduler(steps)  # DDIM's step keeps no state between calls
     out = []
     for start in range(0, len(seeds), batch_size):
         x = noise[start : start + batch_size].to(device)
         label = classes[start : start + batch_size].to(device)
         both = torch.cat([label, torch.full_like(label, model.null_class)])
-        scheduler = sampling_scheduler(steps)
         for step in scheduler.timesteps:
             conditional, unconditional = model(torch.cat([x, x]), step, both).chunk(2)
             x = scheduler.step(unconditional + guidance * (conditional - unconditional), step, x).prev_sample

@@ -72,6 +72,12 @@ def _training_images(data_dir: Path | None) -> tuple[Tensor, Tensor]:
     return to_model_range(images), labels
 
 
+def _random_flip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Each image of ``[B, 1, H, W]`` flipped left to right with probability one half."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
 def _batch_indices(step: int, count: int, batch_size: int, seed: int) -> Tensor:
     """The images of ``step``: epochs are seeded permutations, so any step's batch is known without state."""
     per_epoch = max(count // batch_size, 1)
@@ -140,8 +146,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             index = _batch_indices(step, len(images), config.batch_size, config.seed)
             x, label = images[index], labels[index].clone()
-            flip = torch.rand(len(x), generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x = _random_flip(x, generator)
             label[torch.rand(len(x), generator=generator) < config.null_probability] = NUM_CLASSES
             noise = torch.randn(x.shape, generator=generator)
             timesteps = torch.randint(0, SCHEDULE["num_train_timesteps"], (len(x),), generator=generator)
@@ -240,8 +245,7 @@ def train_classifier(config: ClassifierTrainConfig) -> dict:
             for begin in range(0, len(images), config.batch_size):
                 index = order[begin : begin + config.batch_size]
                 x = images[index]
-                flip = torch.rand(len(x)) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                x = _random_flip(x)
                 loss = F.cross_entropy(model(x), labels[index])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
