@@ -1,7 +1,7 @@
 """nn.Modules over :mod:`elfatt.functional`: LePE and ``ELFATTAttention``, a drop-in for timm's ViT ``Attention``.
 
 TorchScript: the layers script (timm's ``torch.jit.script`` tests pass through them), but the attention itself is
-one ``torch.jit.ignore``-d call back into Python (:func:`attend_heads`), so a scripted model runs in Python and
+one ``torch.jit.ignore``-d call back into Python (:func:`attend_tokens_last`), so a scripted model runs in Python and
 cannot be saved; deploy through ``torch.export`` or ONNX instead (:mod:`elfatt.export`).
 """
 
@@ -14,10 +14,11 @@ from torch import Tensor
 
 from elfatt._checks import check_size
 from elfatt.backends import BACKENDS
-from elfatt.blocks import BlockCount, BlockSpec, block_from_count, resolve_block
+from elfatt.blocks import BlockCount, BlockSpec, block_from_count, padded_blocks, resolve_block
 from elfatt.functional import elfatt, global_head_count, lepe
+from elfatt.tokens_last import elfatt_tokens_last
 
-__all__ = ["LePE", "ELFATTAttention", "DEFAULT_BLOCK", "attend_heads"]
+__all__ = ["LePE", "ELFATTAttention", "DEFAULT_BLOCK", "attend_tokens_last"]
 
 DEFAULT_BLOCK = 8
 
@@ -175,10 +176,12 @@ class ELFATTAttention(nn.Module):
         """Attend ``x`` ``[B, P + H * W, C]``: ``P = num_prefix_tokens`` tokens, then the grid ``size=(H, W)``
         row-major; returns the same shape."""
         check_layer_input(x, size, self.dim, num_prefix_tokens)
-        q, k, v = self.project_heads(x)
+        batch, tokens, _ = x.shape
+        # [B, N, heads, d] views of the qkv output: the heads are never permuted to the front (elfatt.tokens_last).
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = self.q_norm(q), self.k_norm(k)
         global_weight, global_bias, block_weight, block_bias = self.lepe_parameters()
-        out = attend_heads(
+        out = attend_tokens_last(
             q,
             k,
             v,
@@ -195,15 +198,7 @@ class ELFATTAttention(nn.Module):
             self.fused_attn,
             self.backend,
         )
-        return self.merge_heads(out)
-
-    def project_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v ``[B, heads, N, d]`` of tokens ``x`` ``[B, N, C]`` through the ``qkv`` linear."""
-        batch, tokens, _ = x.shape
-        # [3, B, heads, N, d]
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        return q, k, v
+        return self.proj_drop(self.proj(out))
 
     def lepe_parameters(self) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """Weight and bias of the global heads' LePE conv, then the block heads' (None where a group is empty)."""
@@ -216,11 +211,6 @@ class ELFATTAttention(nn.Module):
         if self.block_lepe is not None:
             block_weight, block_bias = self.block_lepe.conv.weight, self.block_lepe.conv.bias
         return global_weight, global_bias, block_weight, block_bias
-
-    def merge_heads(self, out: Tensor) -> Tensor:
-        """``[B, heads, N, d]`` attention output to ``[B, N, C]`` through ``proj`` and its dropout."""
-        batch, _, tokens, _ = out.shape
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, self.dim)))
 
     def extra_repr(self) -> str:
         blocks = f"num_blocks={self.num_blocks}" if self.num_blocks is not None else f"block={self.block}"
@@ -259,7 +249,7 @@ def check_layer_input(x: Tensor, size: tuple[int, int], dim: int, num_prefix_tok
 
 
 @torch.jit.ignore
-def attend_heads(
+def attend_tokens_last(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -276,27 +266,53 @@ def attend_heads(
     fused: bool,
     backend: str,
 ) -> Tensor:
-    """:func:`~elfatt.functional.elfatt` with a layer's settings as plain arguments, so scripted layers can call it.
+    """ELFATT with a layer's settings as plain arguments, so scripted layers can call it.
+
+    Eager code runs :func:`~elfatt.tokens_last.elfatt_tokens_last` on the qkv linear's own layout; while
+    ``torch.export`` or ``torch.compile`` traces, :func:`~elfatt.functional.elfatt` in its branch-free form.
 
     Args:
-        q, k, v: ``[B, heads, P + H * W, d]``.
+        q, k, v: ``[B, P + H * W, heads, d]``, ``P`` prefix tokens (a ViT's class token, registers) first.
         size: the grid ``(H, W)``.
-        num_prefix_tokens: ``P``, tokens before the grid (0 for none).
+        num_prefix_tokens: ``P``.
         block, num_blocks: the layer's fixed block or block count (see :func:`concrete_block`).
         num_global_heads: how many of the heads, first, are global linear heads.
         global_weight, global_bias, block_weight, block_bias: the two LePE convs (None for none).
         dropout_p, fused, backend: as for :func:`~elfatt.functional.elfatt`.
+
+    Returns:
+        ``[B, P + H * W, heads * d]``.
     """
-    return elfatt(
+    spec = block_spec(block, num_blocks)
+    global_lepe = None if global_weight is None else (global_weight, global_bias)
+    block_lepe = None if block_weight is None else (block_weight, block_bias)
+    if padded_blocks():
+        batch, tokens, heads, _ = q.shape
+        out = elfatt(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            size,
+            block=spec,
+            split=num_global_heads / heads,
+            num_prefix_tokens=num_prefix_tokens,
+            global_lepe=global_lepe,
+            block_lepe=block_lepe,
+            dropout_p=dropout_p,
+            fused=fused,
+            backend=backend,
+        )
+        return out.transpose(1, 2).reshape(batch, tokens, heads * v.shape[-1])
+    return elfatt_tokens_last(
         q,
         k,
         v,
         size,
-        block=block_spec(block, num_blocks),
-        split=num_global_heads / q.shape[1],
+        block=spec,
+        num_global_heads=num_global_heads,
+        global_lepe=global_lepe,
+        block_lepe=block_lepe,
         num_prefix_tokens=num_prefix_tokens,
-        global_lepe=None if global_weight is None else (global_weight, global_bias),
-        block_lepe=None if block_weight is None else (block_weight, block_bias),
         dropout_p=dropout_p,
         fused=fused,
         backend=backend,

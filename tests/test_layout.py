@@ -20,7 +20,7 @@ ALLOWED = {
     "diffusion": {"core", "data"},
     "cli": {"core", "bench", "train", "export"},
 }
-CORE = {"functional", "blocks", "backends", "modules", "reference"}
+CORE = {"functional", "tokens_last", "blocks", "backends", "modules", "reference"}
 
 
 def part_of(module: str) -> str | None:

@@ -9,7 +9,7 @@ import ctypes.util
 import gc
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from elfatt._memory import peak_rss_mib, reset_peak_rss, rss_available, rss_mib
 
-__all__ = ["Timing", "time_call", "peak_memory_mib", "memory_method", "count_flops"]
+__all__ = ["Timing", "time_call", "time_round_robin", "peak_memory_mib", "memory_method", "count_flops"]
 
 _M_MMAP_THRESHOLD = -3
 
@@ -99,6 +99,30 @@ def time_call(
         return Timing(times[0], times[0], times[0], 1)
     quartiles = statistics.quantiles(times, n=4)
     return Timing(statistics.median(times), quartiles[0], quartiles[2], len(times))
+
+
+def time_round_robin(
+    calls: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    rounds: int,
+    advance: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """Median milliseconds of each call over ``rounds`` rounds, each round every call once, in turn, after one
+    warm-up call each: a noisy machine slows them alike, so their ratios hold. ``advance`` runs after each round
+    (a progress bar's)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for fn in calls.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            _synchronize(device)
+            start_s = time.perf_counter()
+            fn()
+            _synchronize(device)
+            times[name].append((time.perf_counter() - start_s) * 1e3)
+        if advance is not None:
+            advance()
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def memory_method(device: torch.device) -> str:

@@ -10,6 +10,7 @@ import torch.utils._device
 from torch.utils.flop_counter import FlopCounterMode
 
 import elfatt.functional
+import elfatt.tokens_last
 
 
 @pytest.fixture
@@ -37,7 +38,10 @@ def count_params_flops(model: torch.nn.Module, size: tuple[int, int]) -> tuple[i
         return softmax_attention(q, k, v, **kwargs)
 
     x = torch.empty(1, 3, *size, device=next(model.parameters()).device)
-    with mock.patch.object(elfatt.functional, "softmax_attention", counting), torch.no_grad():
+    # Both the head-major op and the layer's own tokens-last path call softmax attention.
+    callers = (elfatt.functional, elfatt.tokens_last)
+    patches = [mock.patch.object(module, "softmax_attention", counting) for module in callers]
+    with patches[0], patches[1], torch.no_grad():
         with FlopCounterMode(display=False) as counter:
             model.eval()(x)
     macs = counter.get_total_flops() / 2
