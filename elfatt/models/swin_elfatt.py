@@ -94,8 +94,12 @@ default_cfgs = generate_default_cfgs(
         "swin_elfatt_small_224": _cfg(),
         "swin_elfatt_base_224": _cfg(),
         "swin_elfatt_base_384": _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+        "swin_elfatt_tiny_hr": _cfg(input_size=(3, 512, 512), pool_size=(16, 16), crop_pct=1.0),
+        "swin_elfatt_base_hr": _cfg(input_size=(3, 512, 512), pool_size=(16, 16), crop_pct=1.0),
     }
 )
+
+HR_BLOCK = 8
 
 
 def _create(variant: str, pretrained: bool, args: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
@@ -128,3 +132,18 @@ def swin_elfatt_base_384(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Swin-B-ELFATT at 384: the base model; a fixed block count makes its windows grow with the input."""
     args = dict(img_size=384, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), num_blocks=(4, 4, 4, 1))
     return _create("swin_elfatt_base_384", pretrained, args, kwargs)
+
+
+@register_model
+def swin_elfatt_tiny_hr(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Swin-T-ELFATT for high resolution: Swin-T-ELFATT's weights, fixed 8x8 windows in every stage instead of
+    the paper's block counts, so the softmax heads cost the same per token at any input (linear in tokens)."""
+    args = dict(img_size=512, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(2, 6, 12, 24), block_sizes=HR_BLOCK)
+    return _create("swin_elfatt_tiny_hr", pretrained, args, kwargs)
+
+
+@register_model
+def swin_elfatt_base_hr(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Swin-B-ELFATT for high resolution: fixed 8x8 windows in every stage (see :func:`swin_elfatt_tiny_hr`)."""
+    args = dict(img_size=512, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), block_sizes=HR_BLOCK)
+    return _create("swin_elfatt_base_hr", pretrained, args, kwargs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from elfatt.bench.cli import main
 from elfatt.bench.runner import DEFAULT_BENCH_MECHANISMS as MECHANISMS
 
@@ -60,3 +62,18 @@ def test_backbone_timing_writes_a_row_per_model(tmp_path):
         (row,) = list(csv.DictReader(handle))
     assert row["model"] == "swin_elfatt_tiny_224" and float(row["params_m"]) > 29
     assert float(row["gmacs_224"]) > 4 and float(row["fwd_ms_64"]) > 0
+    assert "speedup_64" not in row  # no reference model in the run
+
+
+def test_backbone_speedups_are_ratios_to_the_reference_in_the_same_run(tmp_path):
+    from elfatt.bench.backbones import main as backbones_main
+
+    out = tmp_path / "backbones.csv"
+    argv = ["--models", "swin_elfatt_tiny_hr", "--timm-models", "vit_small_patch16_224", "--resolutions", "64"]
+    argv += ["--repeats", "1", "--reference", "timm:vit_small_patch16_224", "--no-progress", "--out", str(out)]
+    assert backbones_main(argv) == 0
+    with out.open() as handle:
+        ours, reference = list(csv.DictReader(handle))
+    assert reference["model"] == "timm:vit_small_patch16_224" and float(reference["speedup_64"]) == 1.0
+    expected = float(reference["fwd_ms_64"]) / float(ours["fwd_ms_64"])
+    assert float(ours["speedup_64"]) == pytest.approx(expected)

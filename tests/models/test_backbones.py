@@ -201,6 +201,18 @@ def test_fixed_block_sizes_and_set_input_size(generator):
         model.set_input_size(num_blocks=(2, 2, 2))
 
 
+@pytest.mark.parametrize("name", ["swin_elfatt_tiny_hr", "swin_elfatt_base_hr"])
+def test_high_resolution_variants_keep_8x8_windows_at_any_input(name, generator):
+    model = _small(name)
+    sides = [(128, 128), (56, 56), (31, 45)]
+    for stage in model.stages:
+        for block in stage.blocks:
+            assert [block.attn.block_size(side) for side in sides] == [(8, 8), (8, 8), (8, 8)]
+    # The 224 model's weights load unchanged: only the blocks differ.
+    model.load_state_dict(_small(name.replace("_hr", "_224")).state_dict())
+    assert model(torch.randn(1, 3, 96, 160, generator=generator)).shape == (1, 7)
+
+
 def test_bad_arguments_raise_clear_errors(generator):
     model = _small("cswin_elfatt_tiny_224")
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):

@@ -55,6 +55,8 @@ def test_other_variants_parameters(meta_device):  # noqa: F811
     assert counts["cswin_elfatt_small_224"] == pytest.approx(34.6, abs=0.1)
     assert counts["swin_elfatt_small_224"] == pytest.approx(51.6, abs=0.1)
     assert counts["cswin_elfatt_base_384"] == counts["cswin_elfatt_base_224"]
+    assert counts["swin_elfatt_tiny_hr"] == counts["swin_elfatt_tiny_224"]
+    assert counts["swin_elfatt_base_hr"] == counts["swin_elfatt_base_224"]
 
 
 def test_reset_classifier_keeps_device_dtype_and_mode_in_every_variant(meta_device):  # noqa: F811
