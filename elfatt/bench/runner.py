@@ -14,7 +14,18 @@ from elfatt.bench.backbone_models import build_backbone, check_backbones, defaul
 from elfatt.bench.measure import count_flops, peak_memory_mib, time_call
 from elfatt.bench.models import VIT_LAYOUTS, AttentionViT, check_resolution
 
-__all__ = ["BenchConfig", "Cell", "Row", "plan_cells", "run_cell", "add_ratios", "DTYPES", "DEFAULT_BENCH_MECHANISMS"]
+__all__ = [
+    "BenchConfig",
+    "Cell",
+    "Row",
+    "plan_cells",
+    "build_cell",
+    "cell_step",
+    "run_cell",
+    "add_ratios",
+    "DTYPES",
+    "DEFAULT_BENCH_MECHANISMS",
+]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Every registered mechanism but the ablations and variants, which are asked for by name.
@@ -142,7 +153,9 @@ def plan_cells(config: BenchConfig) -> list[Cell]:
     return cells
 
 
-def _build(cell: Cell, config: BenchConfig, device: torch.device) -> tuple[nn.Module, tuple]:
+def build_cell(cell: Cell, config: BenchConfig, device: torch.device) -> tuple[nn.Module, tuple]:
+    """The module and inputs of a cell, seeded by ``config.seed``: eval mode for a forward, inputs with gradients
+    for a forward + backward."""
     torch.manual_seed(config.seed)
     if cell.level == "op":
         module: nn.Module = _GridCall(build_attention(cell.mechanism, config.dim, config.heads), cell.grid)
@@ -172,7 +185,10 @@ class _GridCall(nn.Module):
         return self.attention(x, self.grid)
 
 
-def _step(module: nn.Module, inputs: tuple, run_pass: str, autocast: Callable[[], contextlib.AbstractContextManager]):
+def cell_step(
+    module: nn.Module, inputs: tuple, run_pass: str, autocast: Callable[[], contextlib.AbstractContextManager]
+) -> Callable[[], None]:
+    """One call of a cell: a forward under inference mode, or a forward and backward from fresh gradients."""
     if run_pass == "fwd":
 
         def forward() -> None:
@@ -202,11 +218,11 @@ def run_cell(cell: Cell, config: BenchConfig) -> Row:
         return torch.autocast(device.type, dtype=dtype) if config.dtype != "fp32" else contextlib.nullcontext()
 
     try:
-        module, inputs = _build(cell, config, device)
+        module, inputs = build_cell(cell, config, device)
         flops = count_flops(module, inputs, backward=cell.run_pass == "fwd+bwd")
         row.gflops = None if flops is None else flops / 1e9
         runnable = torch.compile(module) if config.compile else module
-        step = _step(runnable, inputs, cell.run_pass, autocast)
+        step = cell_step(runnable, inputs, cell.run_pass, autocast)
         for _ in range(max(config.warmup, 1 if config.compile else 0)):
             step()
         row.peak_mib = peak_memory_mib(step, device)
