@@ -7,7 +7,7 @@ from torch import nn
 __all__ = ["TIMM_PREFIX", "default_backbones", "check_backbones", "build_backbone", "timm_imports"]
 
 TIMM_PREFIX = "timm:"
-ELFATT_BACKBONES = ("swin_elfatt_tiny_224", "cswin_elfatt_tiny_224")
+ELFATT_BACKBONES = ("swin_elfatt_tiny_224", "swin_elfatt_tiny_hr", "cswin_elfatt_tiny_224")
 TIMM_BACKBONES = ("timm:swin_tiny_patch4_window7_224", "timm:vit_small_patch16_224")
 
 
@@ -21,7 +21,8 @@ def timm_imports() -> bool:
 
 
 def default_backbones() -> tuple[str, ...]:
-    """ELFATT's tiny Swin and CSWin, plus timm's Swin-T and ViT-S where timm imports."""
+    """ELFATT's tiny Swin (paper blocks and fixed 8x8 windows) and CSWin, plus timm's Swin-T and ViT-S where timm
+    imports."""
     return ELFATT_BACKBONES + (TIMM_BACKBONES if timm_imports() else ())
 
 

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbones",
         nargs="*",
         metavar="NAME",
-        help="model level: whole backbones too (default: swin/cswin_elfatt_tiny_224, and "
-        "timm:swin_tiny_patch4_window7_224 timm:vit_small_patch16_224 where timm imports)",
+        help="model level: whole backbones too (default: swin_elfatt_tiny_224, swin_elfatt_tiny_hr, "
+        "cswin_elfatt_tiny_224, timm:swin_tiny_patch4_window7_224 timm:vit_small_patch16_224 where timm imports)",
     )
     parser.add_argument("--sides", nargs="+", type=positive, help="op level: grid sides (default by device)")
     parser.add_argument("--resolutions", nargs="+", type=positive, help="model level: image sides, multiples of 16")

@@ -18,6 +18,7 @@ VARIANTS = [
     for family in ("cswin", "swin")
     for size in ("tiny_224", "small_224", "base_224", "base_384")
 ] + [f"vit_elfatt_{size}_patch16_224" for size in ("tiny", "small", "base")]
+VARIANTS += ["swin_elfatt_tiny_hr", "swin_elfatt_base_hr"]
 CFG_KEYS = {"url", "num_classes", "input_size", "pool_size", "crop_pct", "interpolation", "mean", "std"}
 CFG_KEYS |= {"first_conv", "classifier", "license", "architecture"}
 
@@ -37,10 +38,10 @@ def test_default_cfg(name, meta_device):  # noqa: F811
     cfg = model.pretrained_cfg
     assert CFG_KEYS <= cfg.keys()
     assert model.default_cfg is cfg and cfg["architecture"] == name
-    side = 384 if name.endswith("384") else 224
+    side = 384 if name.endswith("384") else 512 if name.endswith("_hr") else 224
     assert cfg["input_size"] == (3, side, side)
     assert cfg["pool_size"] == (side // 32, side // 32)
-    assert cfg["crop_pct"] == (1.0 if side == 384 else 0.9)
+    assert cfg["crop_pct"] == (1.0 if side > 224 else 0.9)
     assert model.img_size == (side, side)
     assert isinstance(model.get_submodule(cfg["first_conv"]), torch.nn.Conv2d)
     assert model.get_submodule(cfg["classifier"]).out_features == cfg["num_classes"] == model.num_classes == 1000
