@@ -6,7 +6,7 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["write_rows"]
+__all__ = ["write_rows", "publish_table"]
 
 
 def write_rows(rows: Sequence[Mapping[str, object]], path: Path) -> None:
@@ -19,3 +19,13 @@ def write_rows(rows: Sequence[Mapping[str, object]], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(key for row in rows for key in row)), restval="")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def publish_table(rows: Sequence[Mapping[str, object]], caption: str, table: str, out: Path | None, stem: str) -> None:
+    """Print ``caption`` and the markdown ``table``; under ``out`` (when given) also write ``<stem>.csv`` from
+    ``rows`` and ``<stem>.md`` with the caption and table."""
+    print(caption)
+    print(table)
+    if out is not None:
+        write_rows(rows, out / f"{stem}.csv")
+        (out / f"{stem}.md").write_text(f"{caption}\n\n{table}\n")

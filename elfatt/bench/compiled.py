@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from elfatt._csv import write_rows
+from elfatt._csv import publish_table
 from elfatt._progress import progress_bar
 from elfatt.bench.backbone_models import check_backbones
 from elfatt.bench.measure import time_round_robin
@@ -152,12 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"torch.compile backend {args.backend}; "
         f"medians of {args.rounds} interleaved rounds; speed-up = eager / compiled."
     )
-    table = _table(rows)
-    print(caption)
-    print(table)
-    if args.out is not None:
-        write_rows(rows, args.out / "compiled.csv")
-        (args.out / "compiled.md").write_text(f"{caption}\n\n{table}\n")
+    publish_table(rows, caption, _table(rows), args.out, "compiled")
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from elfatt._csv import write_rows
+from elfatt._csv import publish_table
 from elfatt._progress import progress_bar
 from elfatt.bench.measure import time_round_robin
 from elfatt.functional import block_attention, elfatt, global_linear_attention
@@ -149,12 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"ELFATTAttention(dim={args.dim}, heads={args.heads}, block={args.block}), batch {args.batch}, fp32 forward, "
         f"{threads} threads, medians of {args.rounds} interleaved rounds; speed-up: head-major layer / layer."
     )
-    table = _table(rows)
-    print(caption)
-    print(table)
-    if args.out is not None:
-        write_rows(rows, args.out / "layer_parts.csv")
-        (args.out / "layer_parts.md").write_text(f"{caption}\n\n{table}\n")
+    publish_table(rows, caption, _table(rows), args.out, "layer_parts")
     return 0
 
 
