@@ -11,7 +11,7 @@ from torch import nn
 
 from elfatt.attention import MECHANISMS, build_attention, check_mechanisms
 from elfatt.bench.backbone_models import build_backbone, check_backbones, default_backbones
-from elfatt.bench.measure import count_flops, peak_memory_mib, time_call
+from elfatt.bench.measure import count_flops, earlier_objects_out_of_collection, peak_memory_mib, time_call
 from elfatt.bench.models import VIT_LAYOUTS, AttentionViT, check_resolution
 
 __all__ = [
@@ -265,25 +265,26 @@ def iterate(config: BenchConfig) -> Iterator[tuple[Cell, Row]]:
     """
     last: dict[tuple[str, str, str], tuple[int, float]] = {}
     calls = config.warmup + 1 + min(config.repeats, 3)
-    for cell in plan_cells(config):
-        key = (cell.level, cell.mechanism, cell.run_pass)
-        if config.cell_budget_s and key in last:
-            tokens, median_ms = last[key]
-            predicted_s = median_ms / 1e3 * (cell.tokens / tokens) ** 2 * calls
-            if predicted_s > config.cell_budget_s:
-                row = Row(
-                    cell.level,
-                    cell.mechanism,
-                    cell.size_label,
-                    cell.tokens,
-                    cell.run_pass,
-                    config.batch,
-                    config.dtype,
-                    status=f"skipped (~{predicted_s:.0f}s > budget)",
-                )
-                yield cell, row
-                continue
-        row = run_cell(cell, config)
-        if row.median_ms:
-            last[key] = (cell.tokens, row.median_ms)
-        yield cell, row
+    with earlier_objects_out_of_collection():
+        for cell in plan_cells(config):
+            key = (cell.level, cell.mechanism, cell.run_pass)
+            if config.cell_budget_s and key in last:
+                tokens, median_ms = last[key]
+                predicted_s = median_ms / 1e3 * (cell.tokens / tokens) ** 2 * calls
+                if predicted_s > config.cell_budget_s:
+                    row = Row(
+                        cell.level,
+                        cell.mechanism,
+                        cell.size_label,
+                        cell.tokens,
+                        cell.run_pass,
+                        config.batch,
+                        config.dtype,
+                        status=f"skipped (~{predicted_s:.0f}s > budget)",
+                    )
+                    yield cell, row
+                    continue
+            row = run_cell(cell, config)
+            if row.median_ms:
+                last[key] = (cell.tokens, row.median_ms)
+            yield cell, row

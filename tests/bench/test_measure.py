@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import sys
+import weakref
 
 import pytest
 import torch
 
-from elfatt.bench.measure import count_flops, memory_method, peak_memory_mib, time_call
+from elfatt.bench.measure import (
+    count_flops,
+    earlier_objects_out_of_collection,
+    memory_method,
+    peak_memory_mib,
+    time_call,
+)
 from elfatt.bench.runner import BenchConfig, Row, add_ratios, iterate
 
 
@@ -37,6 +45,28 @@ def test_peak_memory_sees_a_large_allocation():
         pytest.skip("no /proc/self/clear_refs")
     peak = peak_memory_mib(lambda: torch.ones(64, 2**20 // 4).sum(), torch.device("cpu"))
     assert peak is not None and 48 <= peak <= 256
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_frozen_objects_stay_alive_new_cycles_are_still_collected_and_all_thaw_after():
+    earlier = _Cycle()
+    earlier_ref = weakref.ref(earlier)
+    with earlier_objects_out_of_collection():
+        assert gc.get_freeze_count() > 0
+        del earlier
+        new = _Cycle()
+        new_ref = weakref.ref(new)
+        del new
+        gc.collect()
+        # The earlier cycle is frozen (a cycle that died during the block waits for the next collection after it).
+        assert new_ref() is None and earlier_ref() is not None
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert earlier_ref() is None
 
 
 def _row(mechanism: str, ms: float, size: str = "8x8") -> Row:

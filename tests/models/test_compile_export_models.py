@@ -42,6 +42,12 @@ def _sizes(name: str) -> list[tuple[int, int]]:
     return SIZES["vit" if name.startswith("vit") else "hierarchical"]
 
 
+# Swin's tracing is CSWin's with windows for stripes; its bf16 autocast graph runs with ELFATT_SLOW_TESTS=1 (CI time).
+AUTOCAST_STATES = {name: (torch.float32, torch.bfloat16) for name in FAMILIES}
+AUTOCAST_STATES["swin_elfatt_tiny_224"] = (torch.float32, torch.bfloat16) if SLOW else (torch.float32,)
+TOLERANCES = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_compiled_backbone_matches_eager_at_three_sizes(name, generator):
     """fp32 then bf16 autocast, three sizes each: one graph per autocast state, never one per size."""
@@ -49,14 +55,16 @@ def test_compiled_backbone_matches_eager_at_three_sizes(name, generator):
     model = _model(name)
     counter = CompileCounterWithBackend("eager")
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=counter)
-    for dtype, tolerance in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+    for dtype in AUTOCAST_STATES[name]:
+        tolerance = TOLERANCES[dtype]
         for size in _sizes(name):
             x = torch.randn(2, 3, *size, generator=generator)
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                 expected, got = model(x), compiled(x)
             assert got.dtype == expected.dtype
             assert rel_error(got, expected) < tolerance, f"{dtype} {size}: {rel_error(got, expected):.2e}"
-    assert counter.frame_count == 2, f"expected a graph per autocast state, Dynamo compiled {counter.frame_count}"
+    states = len(AUTOCAST_STATES[name])
+    assert counter.frame_count == states, f"expected a graph per autocast state, Dynamo compiled {counter.frame_count}"
 
 
 ONNX_FAMILIES = [

@@ -78,7 +78,9 @@ def _with_elfatt(source: str) -> str:
 
 
 def test_timm_model_suite(request, tmp_path):
-    cache_dir = Path(request.config.cache.mkdir("timm-sdist"))
+    # pytest's cache keeps the download between runs; under ``-p no:cacheprovider`` it is fetched into tmp_path.
+    cache = getattr(request.config, "cache", None)
+    cache_dir = Path(cache.mkdir("timm-sdist")) if cache is not None else tmp_path / "timm-sdist"
     test_file = tmp_path / "test_timm_models_patched.py"
     test_file.write_text(_with_elfatt(_timm_test_file(cache_dir).read_text()))
     everything = os.environ.get("ELFATT_TIMM_SUITE") == "all"
