@@ -5,7 +5,7 @@ timm's own models (``timm:<name>``, built as :func:`~elfatt.bench.backbone_model
 ``resolution // 64`` windows above 224). At each resolution every model is built first, then timed in interleaved
 rounds (each round one forward of every model, in turn), so that a noisy machine slows them alike; the figures are
 medians over rounds. ``speedup_<r>`` is the reference model's latency (``--reference``, timm's Swin-T by default)
-over the model's, measured in the same rounds.
+over the model's, measured in the same rounds. ``--out`` names a folder for ``backbones.csv`` and ``backbones.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from elfatt._csv import write_rows
+from elfatt._arguments import output_folder
+from elfatt._csv import publish_table
 from elfatt._progress import progress_bar
 from elfatt.bench.backbone_models import TIMM_PREFIX, build_backbone, check_backbones, timm_imports
 from elfatt.bench.measure import count_flops, time_round_robin
@@ -44,11 +45,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--reference", default=TIMM_PREFIX + DEFAULT_TIMM_MODELS[0], help="the model speed-ups are measured against"
     )
-    parser.add_argument("--out", type=Path, default=Path("bench-results/backbones.csv"))
+    parser.add_argument(
+        "--out", type=output_folder, default=Path("bench-results"), help="folder for backbones.csv and backbones.md"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.repeats < 1 or min(args.resolutions) < 32:
         parser.error("--repeats must be >= 1 and every resolution >= 32")
+    if args.out.suffix == ".csv":
+        parser.error(f"--out is a folder (backbones.csv and backbones.md go under it), not a CSV file: {args.out}")
     if args.timm_models and not timm_imports():
         print("timm does not import here: its models are left out", file=sys.stderr)
         args.timm_models = []
@@ -60,8 +65,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _table(rows: list[dict], resolutions: Sequence[int]) -> str:
+    lines = ["| model | params M | GMACs@224 | " + " | ".join(f"{r} px ms" for r in resolutions) + " |"]
+    lines.append("|---" * (3 + len(resolutions)) + "|")
+    for row in rows:
+        gmacs = "-" if row["gmacs_224"] is None else f"{row['gmacs_224']:.2f}"
+        cells = []
+        for resolution in resolutions:
+            speedup = row.get(f"speedup_{resolution}")
+            cells.append(f"{row[f'fwd_ms_{resolution}']:.1f}" + ("" if speedup is None else f" ({speedup:.2f}x)"))
+        lines.append(f"| {row['model']} | {row['params_m']:.2f} | {gmacs} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the comparison; print the table and write the CSV."""
+    """Run the comparison; print the table and write it under ``--out``."""
     args = _parse(argv)
     rows = {}
     for name in args.names:
@@ -85,17 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.reference in medians:
                     rows[name][f"speedup_{resolution}"] = medians[args.reference] / median
             del models
-    print(f"{'model':<36} {'params M':>9} {'GMACs@224':>10}" + "".join(f" {f'{r}px ms':>15}" for r in args.resolutions))
-    for row in rows.values():
-        gmacs = "-" if row["gmacs_224"] is None else f"{row['gmacs_224']:.2f}"
-        cells = []
-        for resolution in args.resolutions:
-            speedup = row.get(f"speedup_{resolution}")
-            cells.append(f"{row[f'fwd_ms_{resolution}']:.1f}" + ("" if speedup is None else f" ({speedup:.2f}x)"))
-        print(f"{row['model']:<36} {row['params_m']:>9.2f} {gmacs:>10}" + "".join(f" {c:>15}" for c in cells))
+    caption = (
+        f"Backbones, random weights, batch 1, fp32 forward, {torch.get_num_threads()} threads, medians of "
+        f"{args.repeats} interleaved rounds"
+    )
     if any(f"speedup_{r}" in row for row in rows.values() for r in args.resolutions):
-        print(f"(x): {args.reference}'s latency / the model's, in the same rounds")
-    write_rows(list(rows.values()), args.out)
+        caption += f"; (x): {args.reference}'s latency / the model's, in the same rounds"
+    publish_table(list(rows.values()), caption, _table(list(rows.values()), args.resolutions), args.out, "backbones")
     return 0
 
 

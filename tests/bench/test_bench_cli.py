@@ -45,7 +45,6 @@ def test_tiny_sweep_writes_csv_json_and_plots(tmp_path, capsys):
 def test_backbone_timing_writes_a_row_per_model(tmp_path):
     from elfatt.bench.backbones import main as backbones_main
 
-    out = tmp_path / "backbones.csv"
     argv = [
         "--models",
         "swin_elfatt_tiny_224",
@@ -55,24 +54,33 @@ def test_backbone_timing_writes_a_row_per_model(tmp_path):
         "--repeats",
         "1",
         "--out",
-        str(out),
+        str(tmp_path),
     ]
     assert backbones_main(argv) == 0
-    with out.open() as handle:
+    with (tmp_path / "backbones.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
     assert row["model"] == "swin_elfatt_tiny_224" and float(row["params_m"]) > 29
     assert float(row["gmacs_224"]) > 4 and float(row["fwd_ms_64"]) > 0
     assert "speedup_64" not in row  # no reference model in the run
+    table = (tmp_path / "backbones.md").read_text()
+    assert "| swin_elfatt_tiny_224 |" in table and "(x)" not in table
+
+
+def test_backbone_timing_refuses_a_csv_path_for_its_output_folder(tmp_path, capsys):
+    from elfatt.bench.backbones import main as backbones_main
+
+    with pytest.raises(SystemExit):
+        backbones_main(["--models", "swin_elfatt_tiny_224", "--timm-models", "--out", str(tmp_path / "b.csv")])
+    assert "--out is a folder" in capsys.readouterr().err
 
 
 def test_backbone_speedups_are_ratios_to_the_reference_in_the_same_run(tmp_path):
     from elfatt.bench.backbones import main as backbones_main
 
-    out = tmp_path / "backbones.csv"
     argv = ["--models", "swin_elfatt_tiny_hr", "--timm-models", "vit_small_patch16_224", "--resolutions", "64"]
-    argv += ["--repeats", "1", "--reference", "timm:vit_small_patch16_224", "--no-progress", "--out", str(out)]
+    argv += ["--repeats", "1", "--reference", "timm:vit_small_patch16_224", "--no-progress", "--out", str(tmp_path)]
     assert backbones_main(argv) == 0
-    with out.open() as handle:
+    with (tmp_path / "backbones.csv").open() as handle:
         ours, reference = list(csv.DictReader(handle))
     assert reference["model"] == "timm:vit_small_patch16_224" and float(reference["speedup_64"]) == 1.0
     expected = float(reference["fwd_ms_64"]) / float(ours["fwd_ms_64"])
