@@ -18,6 +18,7 @@ import csv
 import json
 import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from elfatt.attention.registry import MECHANISMS as MECHANISM_REGISTRY
 from elfatt.train.checkpoint import CheckpointError, load_checkpoint, saved_config
 from elfatt.train.loop import TrainConfig, train
 
-__all__ = ["MECHANISMS", "PRESETS", "main"]
+__all__ = ["MECHANISMS", "PRESETS", "main", "seeds_label"]
 
 MECHANISMS = ("vanilla", "elfatt", "elfatt-window", "elfatt-linear", "efficient")
 FAST_MECHANISMS = ("sdpa", *MECHANISMS[1:])
@@ -201,6 +202,16 @@ def _settings(config: dict) -> dict:
     return {key: value for key, value in config.items() if key not in ("out", "resume", "progress")}
 
 
+def seeds_label(rows: list[dict]) -> str:
+    """How many seeds each mechanism in ``rows`` has, for a plot's title: "3 seeds", or "2 to 3 seeds per
+    mechanism" when some have fewer."""
+    counts = Counter(row["mechanism"] for row in rows).values()
+    fewest, most = min(counts), max(counts)
+    if fewest == most:
+        return f"{most} seed{'s' * (most > 1)}"
+    return f"{fewest} to {most} seeds per mechanism"
+
+
 def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None:
     write_rows(rows, out / "runs.csv")
     seeds = sorted({row["seed"] for row in rows})
@@ -262,7 +273,7 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
     lines += ["", "Mechanisms (`elfatt.attention.MECHANISMS`):", ""]
     lines += [f"- `{name}`: {MECHANISM_REGISTRY[name].summary}" for name, *_ in summary if name in MECHANISM_REGISTRY]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    title = f"{task}: same model, different attention ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+    title = f"{task}: same model, different attention ({seeds_label(rows)})"
     _plot(rows, [entry[:3] for entry in summary], out, title, measure)
     if tested:
         _plot_frontier(summary, out, title, bool(side_by_side))

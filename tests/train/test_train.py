@@ -272,3 +272,12 @@ def test_augmented_training_resumes_exactly(tmp_path):
     train(TrainConfig(**{**options, "epochs": 1, "out": tmp_path / "first"}))
     resumed = train(TrainConfig(**{**options, "out": tmp_path / "resumed", "resume": tmp_path / "first" / "last.pt"}))
     assert [row["train_loss"] for row in resumed] == [row["train_loss"] for row in straight]
+
+
+def test_plot_titles_say_how_many_seeds_each_mechanism_has():
+    from elfatt.train.experiments import seeds_label
+
+    three = [dict(mechanism=name, seed=seed) for name in ("elfatt", "sdpa") for seed in range(3)]
+    assert seeds_label(three) == "3 seeds"
+    assert seeds_label(three[:1]) == "1 seed"
+    assert seeds_label(three[:5]) == "2 to 3 seeds per mechanism"
