@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if any(f"speedup_{r}" in row for row in rows.values() for r in args.resolutions):
         caption += f"; (x): {args.reference}'s latency / the model's, in the same rounds"
-    publish_table(list(rows.values()), caption, _table(list(rows.values()), args.resolutions), args.out, "backbones")
+    table_rows = list(rows.values())
+    publish_table(table_rows, caption, _table(table_rows, args.resolutions), args.out, "backbones")
     return 0
 
 
