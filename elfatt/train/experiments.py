@@ -319,6 +319,7 @@ def _plot(rows: list[dict], summary: list[tuple[str, float, float]], out: Path, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.5))
     names = [name for name, _, _ in summary]
@@ -327,6 +328,9 @@ def _plot(rows: list[dict], summary: list[tuple[str, float, float]], out: Path, 
              color=[colours[name] for name in names])  # fmt: skip
     bars.set_ylabel("test accuracy, final model (%)" if measure == "test_acc" else "final validation accuracy (%)")
     bars.grid(True, axis="y", alpha=0.3)
+    bars.tick_params(axis="x", labelrotation=30)
+    for label in bars.get_xticklabels():
+        label.set_horizontalalignment("right")
     labelled = set()
     for row in rows:
         with (_run_dir(out, row["mechanism"], row["seed"]) / "log.csv").open(newline="") as handle:
@@ -335,6 +339,7 @@ def _plot(rows: list[dict], summary: list[tuple[str, float, float]], out: Path, 
         labelled.add(row["mechanism"])
         curves.plot([int(epoch["epoch"]) for epoch in history], [100 * float(epoch["val_acc"]) for epoch in history],
                     color=colours[row["mechanism"]], marker=".", alpha=0.8, label=label)  # fmt: skip
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel("epoch")
     curves.set_ylabel("validation accuracy (%)")
     curves.grid(True, alpha=0.3)
