@@ -5,36 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from elfatt._timm_registration import register_when_timm_imports
-from elfatt.blocks import BlockCount, BlockSpec, block_from_count, blockify, resolve_block, unblockify
-from elfatt.functional import (
-    block_attention,
-    elfatt,
-    global_head_count,
-    global_linear_attention,
-    lepe,
-    softmax_attention,
-)
 from elfatt.modules import DEFAULT_BLOCK, ELFATTAttention, LePE
+from elfatt.ops import BlockCount, BlockSpec, elfatt, global_head_count
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockCount",
     "BlockSpec",
     "DEFAULT_BLOCK",
     "ELFATTAttention",
     "LePE",
-    "block_attention",
-    "block_from_count",
-    "BlockCount",
-    "blockify",
     "elfatt",
     "global_head_count",
-    "global_linear_attention",
-    "lepe",
     "patch_timm_vit",
-    "resolve_block",
-    "softmax_attention",
-    "unblockify",
 ]
 
 

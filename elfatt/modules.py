@@ -1,4 +1,4 @@
-"""nn.Modules over :mod:`elfatt.functional`: LePE and ``ELFATTAttention``, a drop-in for timm's ViT ``Attention``.
+"""nn.Modules over :func:`elfatt.ops.elfatt`: LePE and ``ELFATTAttention``, a drop-in for timm's ViT ``Attention``.
 
 TorchScript: the layers script (timm's ``torch.jit.script`` tests pass through them), but the attention itself is
 one ``torch.jit.ignore``-d call back into Python (:func:`attend_tokens_last`), so a scripted model runs in Python and
@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from elfatt._checks import check_size
-from elfatt.backends import BACKENDS
-from elfatt.blocks import BlockCount, BlockSpec, block_from_count, padded_blocks, resolve_block
-from elfatt.functional import elfatt, global_head_count, lepe
-from elfatt.tokens_last import elfatt_tokens_last
+from elfatt.ops import BlockCount, BlockSpec, elfatt, global_head_count
+from elfatt.ops.backends import BACKENDS
+from elfatt.ops.blocks import block_from_count, encode_block, resolve_block
+from elfatt.ops.checks import check_size
+from elfatt.ops.kernels import depthwise_conv
 
 __all__ = ["LePE", "ELFATTAttention", "DEFAULT_BLOCK", "attend_tokens_last"]
 
@@ -51,9 +51,13 @@ class LePE(nn.Module):
         )
 
     @torch.jit.ignore
-    def forward(self, v: Tensor, size: tuple[int, int], block: Optional[NormalisedBlock] = None) -> Tensor:
-        """LePE of ``v`` ``[B, heads, N, d]`` on the grid ``size``, per block when ``block`` is given."""
-        return lepe(v, size, self.conv.weight, self.conv.bias, block=block)
+    def forward(self, v: Tensor, size: tuple[int, int]) -> Tensor:
+        """LePE of ``v`` ``[B, H * W, C]`` (channel ``head * d + j``) on the grid ``size``; ``[B, H * W, C]``."""
+        height, width = check_size(size)
+        if v.dim() != 3 or v.shape[1] != height * width:
+            raise ValueError(f"v must be [B, H * W = {height * width}, C], got shape {tuple(v.shape)}")
+        images = v.reshape(v.shape[0], height, width, v.shape[2]).contiguous()
+        return depthwise_conv(images, self.conv.weight, self.conv.bias).reshape(v.shape)
 
 
 class ELFATTAttention(nn.Module):
@@ -62,8 +66,8 @@ class ELFATTAttention(nn.Module):
     A drop-in for timm's ViT ``Attention`` (``qkv`` / ``proj`` linears, optional per-head ``q_norm`` / ``k_norm``)
     that also takes the grid size. ``split`` of the heads run global linear attention with LePE on the whole grid,
     the others exact softmax attention inside blocks with LePE per block; the heads are concatenated and
-    projected. Tokens before the grid (a ViT's class token, registers) attend as
-    :func:`~elfatt.functional.elfatt` says of ``num_prefix_tokens``.
+    projected. Tokens before the grid (a ViT's class token, registers) attend as :func:`elfatt.ops.elfatt` says of
+    ``num_prefix_tokens``.
 
     The block is either a fixed size (``block``, linear cost in tokens) or a fixed count (``num_blocks``,
     the paper's ``b`` blocks whose size grows with the grid); give at most one. Neither gives
@@ -149,7 +153,9 @@ class ELFATTAttention(nn.Module):
         if block is None:
             self._block = None
             return
-        resolve_block((1, 1), block)
+        if isinstance(block, BlockCount):
+            raise TypeError("set a block count through num_blocks, not block")
+        encode_block(block)
         self._block = (block, block) if isinstance(block, int) else (block[0], block[1])
         self._num_blocks = None
 
@@ -170,35 +176,23 @@ class ELFATTAttention(nn.Module):
     @torch.jit.ignore
     def block_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The concrete ``(bh, bw)`` block this layer uses on the grid ``size``."""
-        return concrete_block(size, self._block, self._num_blocks)
+        return resolve_block(size, block_spec(self._block, self._num_blocks))
 
     def forward(self, x: Tensor, size: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
         """Attend ``x`` ``[B, P + H * W, C]``: ``P = num_prefix_tokens`` tokens, then the grid ``size=(H, W)``
         row-major; returns the same shape."""
-        check_layer_input(x, size, self.dim, num_prefix_tokens)
+        check_layer_input(x, self.dim)
         batch, tokens, _ = x.shape
-        # [B, N, heads, d] views of the qkv output: the heads are never permuted to the front (elfatt.tokens_last).
+        # [B, N, heads, d] views of the qkv output: the heads are never permuted to the front
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).unbind(2)
         q, k = self.q_norm(q), self.k_norm(k)
         global_weight, global_bias, block_weight, block_bias = self.lepe_parameters()
         out = attend_tokens_last(
-            q,
-            k,
-            v,
-            size,
-            num_prefix_tokens,
-            self._block,
-            self._num_blocks,
-            self.num_global_heads,
-            global_weight,
-            global_bias,
-            block_weight,
-            block_bias,
-            self.attn_drop if self.training else 0.0,
-            self.fused_attn,
+            q, k, v, size, num_prefix_tokens, self._block, self._num_blocks, self.num_global_heads, global_weight,
+            global_bias, block_weight, block_bias, self.attn_drop if self.training else 0.0, self.fused_attn,
             self.backend,
-        )
-        return self.proj_drop(self.proj(out))
+        )  # fmt: skip
+        return self.proj_drop(self.proj(out.reshape(batch, tokens, self.dim)))
 
     def lepe_parameters(self) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """Weight and bias of the global heads' LePE conv, then the block heads' (None where a group is empty)."""
@@ -217,35 +211,17 @@ class ELFATTAttention(nn.Module):
         return f"dim={self.dim}, num_heads={self.num_heads}, global_heads={self.num_global_heads}, {blocks}"
 
 
-def concrete_block(
-    size: tuple[int, int], block: Optional[NormalisedBlock], num_blocks: Optional[tuple[int, int]]
-) -> tuple[int, int]:
-    """The ``(bh, bw)`` block on the grid ``size`` of a fixed ``block`` or, when it is None, of ``num_blocks``."""
-    if num_blocks is not None:
-        return block_from_count(size, num_blocks)
-    return resolve_block(size, block)
-
-
 def block_spec(block: Optional[NormalisedBlock], num_blocks: Optional[tuple[int, int]]) -> BlockSpec:
-    """A layer's fixed ``block``, or its ``num_blocks`` as a :class:`~elfatt.blocks.BlockCount`."""
+    """A layer's fixed ``block``, or its ``num_blocks`` as a :class:`~elfatt.ops.BlockCount`."""
     return block if num_blocks is None else BlockCount(num_blocks[0], num_blocks[1])
 
 
 @torch.jit.ignore
-def check_layer_input(x: Tensor, size: tuple[int, int], dim: int, num_prefix_tokens: int) -> None:
-    """Check that ``x`` is ``[B, P + H * W, dim]`` for the grid ``size`` after ``P = num_prefix_tokens`` tokens."""
-    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
-        raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
-    if x.dim() != 3 or x.shape[-1] != dim:
-        raise ValueError(f"x must be [B, N, C={dim}], got shape {tuple(x.shape)}")
-    height, width = check_size(size)
-    if num_prefix_tokens and num_prefix_tokens + height * width != x.shape[1]:
-        raise ValueError(
-            f"{num_prefix_tokens} prefix tokens and a {height}x{width} grid make "
-            f"{num_prefix_tokens + height * width} tokens, but x has {x.shape[1]}"
-        )
-    if height * width + num_prefix_tokens != x.shape[1]:
-        raise ValueError(f"grid size {height}x{width}={height * width} does not match the {x.shape[1]} tokens of x")
+def check_layer_input(x: Tensor, dim: int) -> None:
+    """Check that ``x`` is ``[B, N, C=dim]``; the grid and prefix are checked by :func:`elfatt.ops.elfatt`."""
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != dim:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be [B, N, C={dim}], got shape {shape}")
 
 
 @torch.jit.ignore
@@ -266,52 +242,17 @@ def attend_tokens_last(
     fused: bool,
     backend: str,
 ) -> Tensor:
-    """ELFATT with a layer's settings as plain arguments, so scripted layers can call it.
-
-    Eager code runs :func:`~elfatt.tokens_last.elfatt_tokens_last` on the qkv linear's own layout; while
-    ``torch.export`` or ``torch.compile`` traces, :func:`~elfatt.functional.elfatt` in its branch-free form.
-
-    Args:
-        q, k, v: ``[B, P + H * W, heads, d]``, ``P`` prefix tokens (a ViT's class token, registers) first.
-        size: the grid ``(H, W)``.
-        num_prefix_tokens: ``P``.
-        block, num_blocks: the layer's fixed block or block count (see :func:`concrete_block`).
-        num_global_heads: how many of the heads, first, are global linear heads.
-        global_weight, global_bias, block_weight, block_bias: the two LePE convs (None for none).
-        dropout_p, fused, backend: as for :func:`~elfatt.functional.elfatt`.
-
-    Returns:
-        ``[B, P + H * W, heads * d]``.
-    """
-    spec = block_spec(block, num_blocks)
-    global_lepe = None if global_weight is None else (global_weight, global_bias)
-    block_lepe = None if block_weight is None else (block_weight, block_bias)
-    if padded_blocks():
-        batch, tokens, heads, _ = q.shape
-        out = elfatt(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            size,
-            block=spec,
-            split=num_global_heads / heads,
-            num_prefix_tokens=num_prefix_tokens,
-            global_lepe=global_lepe,
-            block_lepe=block_lepe,
-            dropout_p=dropout_p,
-            fused=fused,
-            backend=backend,
-        )
-        return out.transpose(1, 2).reshape(batch, tokens, heads * v.shape[-1])
-    return elfatt_tokens_last(
+    """:func:`elfatt.ops.elfatt` with a layer's settings as plain arguments, so that scripted layers can call it;
+    ``[B, P + H * W, heads, d]``."""
+    return elfatt(
         q,
         k,
         v,
         size,
-        block=spec,
+        block=block_spec(block, num_blocks),
         num_global_heads=num_global_heads,
-        global_lepe=global_lepe,
-        block_lepe=block_lepe,
+        global_lepe=None if global_weight is None else (global_weight, global_bias),
+        block_lepe=None if block_weight is None else (block_weight, block_bias),
         num_prefix_tokens=num_prefix_tokens,
         dropout_p=dropout_p,
         fused=fused,

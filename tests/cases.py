@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from elfatt.blocks import BlockSpec
+from elfatt.ops import BlockSpec
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,12 @@ class Case:
         """Half the heads, rounded down, as global heads."""
         return (self.heads // 2) / self.heads
 
-    def qkv(self, generator: torch.Generator, dtype: torch.dtype, scale: float = 1.0):
-        """Fresh random q, k, v ``[B, heads, N, d]`` in ``dtype``, with gradients."""
-        shape = (3, self.batch, self.heads, self.tokens, self.dim)
-        values = torch.randn(shape, generator=generator, dtype=torch.float64) * scale
-        return [x.to(dtype).requires_grad_() for x in values.unbind(0)]
+    def qkv(self, generator: torch.Generator, dtype: torch.dtype, scale: float = 1.0, prefix: int = 0):
+        """Fresh random ``qkv`` ``[B, P + N, 3, heads, d]`` in ``dtype`` with gradients, a qkv linear's output,
+        and its q, k, v views ``[B, P + N, heads, d]``."""
+        shape = (self.batch, prefix + self.tokens, 3, self.heads, self.dim)
+        qkv = (torch.randn(shape, generator=generator, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+        return qkv, qkv.unbind(2)
 
     def __str__(self) -> str:
         block = "x".join(

@@ -8,7 +8,7 @@ import torch
 import elfatt
 
 
-def _qkv(shape=(1, 2, 12, 4), dtype=torch.float32):
+def _qkv(shape=(1, 12, 2, 4), dtype=torch.float32):
     return [torch.randn(shape, dtype=dtype) for _ in range(3)]
 
 
@@ -16,15 +16,14 @@ def _qkv(shape=(1, 2, 12, 4), dtype=torch.float32):
     "call, error, message",
     [
         (lambda q, k, v: elfatt.elfatt(q[0], k[0], v[0], (3, 4), block=2), ValueError, "rank 4"),
-        (lambda q, k, v: elfatt.global_linear_attention(q[0], k, v), ValueError, "rank 4"),
-        (lambda q, k, v: elfatt.block_attention(q, k, v, (3, 5), 2), ValueError, "does not match the 12 tokens"),
-        (lambda q, k, v: elfatt.elfatt(q, k, v, (4, 4), block=2), ValueError, "does not match"),
+        (lambda q, k, v: elfatt.elfatt(q, k, v, (4, 4), block=2), ValueError, "does not match the 12 tokens"),
+        (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), num_prefix_tokens=1), ValueError, "grid make 13"),
+        (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), num_prefix_tokens=-1), ValueError, "num_prefix_tokens"),
         (lambda q, k, v: elfatt.elfatt(q, k, v, (0, 12), block=2), ValueError, "empty"),
         (lambda q, k, v: elfatt.elfatt(q, k, v, (3.0, 4), block=2), TypeError, "pair of ints"),
         (lambda q, k, v: elfatt.elfatt(q, k, v, 12, block=2), TypeError, "pair of ints"),
-        (lambda q, k, v: elfatt.elfatt(q, k[:, :1], v, (3, 4), block=2), ValueError, "same shape"),
-        (lambda q, k, v: elfatt.elfatt(q, k, v[:, :1], (3, 4), block=2), ValueError, "v must match q"),
-        (lambda q, k, v: elfatt.global_linear_attention(q, k, v[:, :, :6]), ValueError, "v must match q"),
+        (lambda q, k, v: elfatt.elfatt(q, k[..., :3], v, (3, 4), block=2), ValueError, "same first three"),
+        (lambda q, k, v: elfatt.elfatt(q, k, v[:, :, :1], (3, 4), block=2), ValueError, "same first three"),
         (lambda q, k, v: elfatt.elfatt(q, k.double(), v, (3, 4), block=2), TypeError, "share a dtype"),
         (lambda q, k, v: elfatt.elfatt(q, k, v.long(), (3, 4), block=2), TypeError, "floating"),
         (lambda q, k, v: elfatt.elfatt(q, k, v.numpy(), (3, 4), block=2), TypeError, "torch.Tensor"),
@@ -32,21 +31,27 @@ def _qkv(shape=(1, 2, 12, 4), dtype=torch.float32):
         (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block=(2, -1)), ValueError, "block sides must be >= 1"),
         (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block=2.5), TypeError, "block must be"),
         (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block=(2, 2, 2)), TypeError, "block must be"),
-        (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block=2, split=1.5), ValueError, r"lie in \[0, 1\]"),
-        (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block=2, split=0.25), ValueError, "cannot be split"),
+        (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), num_global_heads=3), ValueError, r"in \[0, 2\]"),
+        (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), dropout_p=1.0), ValueError, "dropout_p"),
+        (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), backend="cuda"), ValueError, "unknown backend"),
         (
             lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block=2, global_lepe=(torch.randn(8, 1, 3, 3), None)),
             ValueError,
             "depthwise kernel",
         ),
-        (lambda q, k, v: elfatt.lepe(v, (3, 4), torch.randn(8, 1, 2, 2)), ValueError, "odd"),
-        (lambda q, k, v: elfatt.lepe(v, (3, 4), torch.randn(8, 1, 3, 3), torch.randn(3)), ValueError, "bias"),
-        (lambda q, k, v: elfatt.blockify(q, (3, 4), None), TypeError, "block must be"),
-        (lambda q, k, v: elfatt.block_from_count((3, 4), (0, 1)), ValueError, "num_blocks sides"),
+        (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block_lepe=(torch.randn(4, 1, 2, 2), None)), ValueError, "odd"),
+        (
+            lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block_lepe=(torch.randn(4, 1, 3, 3), torch.randn(3))),
+            ValueError,
+            "bias",
+        ),
+        (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block_lepe=torch.randn(4)), TypeError, "pair"),
+        (lambda q, k, v: elfatt.global_head_count(4, 0.3), ValueError, "cannot be split"),
+        (lambda q, k, v: elfatt.global_head_count(4, 1.5), ValueError, r"lie in \[0, 1\]"),
     ],
     ids=lambda p: p if isinstance(p, str) else None,
 )
-def test_functional_rejects_bad_input(call, error, message):
+def test_op_rejects_bad_input(call, error, message):
     with pytest.raises(error, match=message):
         call(*_qkv())
 

@@ -20,7 +20,7 @@ ALLOWED = {
     "diffusion": {"core", "data"},
     "cli": {"core", "bench", "train", "export"},
 }
-CORE = {"functional", "tokens_last", "blocks", "backends", "modules", "reference"}
+CORE = {"ops", "modules"}
 
 
 def part_of(module: str) -> str | None:
@@ -63,5 +63,6 @@ def test_imports_follow_the_layout(path: Path) -> None:
 
 def test_the_part_of_a_module() -> None:
     assert part_of("elfatt.modules") == "core" and part_of("elfatt.attention.swin") == "attention"
+    assert part_of("elfatt._atomic") is None and part_of("elfatt.ops.plan") == "core"
     assert part_of("elfatt._checks") is None and part_of("torch.nn") is None
     assert part_of("elfatt.bench.cli") == "bench"

@@ -9,7 +9,7 @@ import torch
 from conftest import DTYPE_IDS, DTYPES, assert_close
 
 import elfatt
-import elfatt.reference as reference
+import elfatt.ops.reference as reference
 
 MODULE_CASES = [
     # dim, heads, size, layer options
@@ -87,11 +87,12 @@ def test_attention_dropout_applies_in_training_only(generator):
     assert not torch.allclose(first, layer(x, (4, 5)))
 
 
-def test_lepe_module_matches_functional(generator):
+def test_lepe_module_matches_reference(generator):
     module = elfatt.LePE(12, kernel_size=5)
-    v = torch.randn(2, 3, 35, 4, generator=generator)
-    expected = reference.lepe(v, (5, 7), module.conv.weight, module.conv.bias, (2, 3))
-    assert_close(module(v, (5, 7), block=(2, 3)), expected, torch.float32)
+    v = torch.randn(2, 35, 12, generator=generator)
+    # the reference takes [B, heads, N, d]: one head of 12 channels
+    expected = reference.lepe(v[:, None], (5, 7), module.conv.weight, module.conv.bias)[:, 0]
+    assert_close(module(v, (5, 7)), expected, torch.float32)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +109,7 @@ def test_an_empty_batch_gives_an_empty_output_and_gradients(options, prefix):
     assert x.grad.shape == x.shape
     for name, parameter in layer.named_parameters():  # a sum over no rows: every gradient is zero
         assert parameter.grad is not None and torch.equal(parameter.grad, torch.zeros_like(parameter)), name
-    q = torch.randn(0, 4, 35, 6, requires_grad=True)
+    q = torch.randn(0, 35, 4, 6, requires_grad=True)
     assert elfatt.elfatt(q, q, q, (5, 7), block=(2, 3)).shape == q.shape
     with torch.no_grad():
         assert layer.eval()(torch.randn(0, prefix + 35, 24), (5, 7), prefix).shape == (0, prefix + 35, 24)

@@ -14,8 +14,9 @@ from cases import Case  # noqa: E402
 from conftest import DTYPE_IDS, DTYPES, assert_close  # noqa: E402
 
 import elfatt  # noqa: E402
-import elfatt.reference as reference  # noqa: E402
-from elfatt.backends import resolve_backend  # noqa: E402
+import elfatt.ops.reference as reference  # noqa: E402
+from elfatt.ops.backends import resolve_backend  # noqa: E402
+from elfatt.ops.kernels import global_linear_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ["TRITON_INTERPRET"] != "1" else "cpu"
 # Small shapes: the interpreter runs each program in NumPy. Odd and power-of-two head dims, token counts that
@@ -34,11 +35,22 @@ def _on_device(tensors):
     return [x.detach().to(DEVICE).requires_grad_() for x in tensors]
 
 
+def _global(q, k, v, backend):
+    """The global part's kernel on head-major ``[B, heads, N, d]`` tensors, as the reference takes them."""
+    return global_linear_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), backend)
+
+
+def _qkv(case: Case, generator, dtype, scale: float = 1.0):
+    """Head-major q, k, v of a case."""
+    _, views = case.qkv(generator, dtype, scale=scale)
+    return [x.transpose(1, 2) for x in views]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", TRITON_CASES, ids=[str(c) for c in TRITON_CASES])
 def test_triton_global_part_matches_reference(case: Case, dtype, generator):
-    q, k, v = _on_device(case.qkv(generator, dtype, scale=3.0))
-    out = elfatt.global_linear_attention(q, k, v, backend="triton")
+    q, k, v = _on_device(_qkv(case, generator, dtype, scale=3.0))
+    out = _global(q, k, v, "triton")
     assert out.dtype == dtype and out.device.type == DEVICE
     q_ref, k_ref, v_ref = (x.detach().cpu().double().requires_grad_() for x in (q, k, v))
     ref = reference.global_linear_attention(q_ref, k_ref, v_ref)
@@ -60,7 +72,7 @@ def test_triton_backend_in_the_module_matches_torch(generator):
 
 def test_triton_handles_large_inputs_in_float16(generator):
     q, k, v = (torch.empty(1, 1, 300, 16).uniform_(-1e4, 1e4, generator=generator).half().to(DEVICE) for _ in range(3))
-    out = elfatt.global_linear_attention(q, k, v, backend="triton")
+    out = _global(q, k, v, "triton")
     assert torch.isfinite(out).all()
     assert (out.float().abs() <= v.float().abs().amax() * (1 + 2e-3)).all()
 
@@ -83,11 +95,11 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
 
 def test_triton_second_order_gradients_match_torch(generator):
     """The backward is differentiable: gradients of a gradient (``create_graph=True``) as the torch backend's."""
-    q, k, v = Case(2, 2, 5, 7, 6, 1).qkv(generator, torch.float32)
+    q, k, v = _qkv(Case(2, 2, 5, 7, 6, 1), generator, torch.float32)
     grads = []
     for backend in ("triton", "torch"):
         inputs = _on_device([q, k, v])
-        out = elfatt.global_linear_attention(*inputs, backend=backend)
+        out = _global(*inputs, backend)
         first = torch.autograd.grad(out.square().sum(), inputs, create_graph=True)
         grads.append(torch.autograd.grad(sum(g.square().sum() for g in first), inputs))
     for name, got, expected in zip("qkv", *grads, strict=True):

@@ -61,7 +61,7 @@ class QKVAttention(nn.Module):
         """Attend over all tokens of ``x`` ``[B, N, C]`` on the grid ``size=(H, W)``; returns ``[B, N, C]``."""
         check_tokens(x, size, self.dim)
         q, k, v = self.split_qkv(x)
-        out = self.attend(q, k, v)
+        out = self.merge_heads(self.attend(q, k, v))
         if self.lepe is not None:
-            out = out + self.lepe(v, size)
-        return self.proj(self.merge_heads(out))
+            out = out + self.lepe(self.merge_heads(v), size)
+        return self.proj(out)

@@ -1,14 +1,14 @@
 """Input checks and grid helpers shared by the peer attention modules.
 
 Bad shapes and options raise ``ValueError``; a grid ``size`` that is not a pair of ints raises ``TypeError``
-(from :func:`elfatt._checks.check_size`).
+(from :func:`elfatt.ops.checks.check_size`).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from elfatt._checks import check_size
+from elfatt.ops.checks import check_size
 
 __all__ = ["check_heads", "check_tokens", "window_partition", "window_reverse"]
 

@@ -8,8 +8,8 @@ head in one of the two parts (ablations: the blockified part alone, the global l
 
 from __future__ import annotations
 
-from elfatt.functional import half_split
 from elfatt.modules import DEFAULT_BLOCK, ELFATTAttention
+from elfatt.ops.checks import half_split
 
 __all__ = ["elfatt_fixed_blocks", "elfatt_counted_blocks", "block_part_alone", "global_part_alone"]
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from elfatt._checks import pair
 from elfatt.attention._base import QKVAttention
 from elfatt.attention._checks import check_tokens, window_partition, window_reverse
+from elfatt.ops.checks import pair
 
 __all__ = ["SwinWindowAttention", "relative_position_index"]
 

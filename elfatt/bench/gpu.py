@@ -43,7 +43,7 @@ def plan(out: Path, python: str = sys.executable) -> list[Step]:
     return [
         Step(
             "cuda-tests",
-            [python, "-m", "pytest", "-q", "tests/test_triton.py", "tests/test_sdpa.py", "-p", "no:cacheprovider"],
+            [python, "-m", "pytest", "-q", "tests/test_triton.py", "tests/ops/", "-p", "no:cacheprovider"],
             120,
             {"TRITON_INTERPRET": "0"},
         ),

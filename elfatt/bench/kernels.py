@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from elfatt._csv import write_rows
 from elfatt.bench.measure import time_call
-from elfatt.functional import elfatt, global_linear_attention
+from elfatt.ops import elfatt
+from elfatt.ops.kernels import global_linear_attention
 
 __all__ = ["main", "global_part_bytes"]
 
@@ -43,28 +44,30 @@ def _measure_side(side: int, args: argparse.Namespace, bandwidth: float) -> dict
     """Times of one grid side: the global part (floor, PyTorch, Triton; forward, and forward + backward), the
     whole layer, SDPA flash."""
     tokens = side * side
+    # [B, N, heads, d], the op's layout
     q, k, v = (
-        torch.randn(args.batch, args.heads, tokens, args.dim, device="cuda", dtype=torch.bfloat16) for _ in "qkv"
+        torch.randn(args.batch, tokens, args.heads, args.dim, device="cuda", dtype=torch.bfloat16) for _ in "qkv"
     )
     half = args.heads // 2
     floor_ms = global_part_bytes(args.batch, half, tokens, args.dim, 2) / bandwidth * 1e3
     row = dict(side=side, tokens=tokens, floor_ms=floor_ms)
-    leaves = [x[:, :half].detach().requires_grad_() for x in (q, k, v)]
-    grad = torch.randn_like(leaves[2])
+    leaves = [x[:, :, :half].detach().requires_grad_() for x in (q, k, v)]
+    grad = torch.randn_like(leaves[2]).transpose(1, 2)
     for backend in ("torch", "triton"):
 
         def forward_backward(backend: str = backend) -> None:
-            global_linear_attention(*leaves, backend=backend).backward(grad)
+            global_linear_attention(*leaves, backend).backward(grad)
 
         row[f"global_{backend}_fwd_bwd_ms"] = _cuda_ms(forward_backward)
         row[f"global_{backend}_ms"] = _cuda_ms(
-            lambda: global_linear_attention(q[:, :half], k[:, :half], v[:, :half], backend=backend)  # noqa: B023
+            lambda: global_linear_attention(q[:, :, :half], k[:, :, :half], v[:, :, :half], backend)  # noqa: B023
         )
         row[f"layer_{backend}_ms"] = _cuda_ms(
             lambda: elfatt(q, k, v, (side, side), block=args.block, backend=backend)  # noqa: B023
         )
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-        row["sdpa_flash_ms"] = _cuda_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+        head_major = [x.transpose(1, 2).contiguous() for x in (q, k, v)]
+        row["sdpa_flash_ms"] = _cuda_ms(lambda: F.scaled_dot_product_attention(*head_major))
     row["triton_vs_floor"] = row["global_triton_ms"] / floor_ms
     row["layer_speedup_vs_sdpa"] = row["sdpa_flash_ms"] / row["layer_triton_ms"]
     return row

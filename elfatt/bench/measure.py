@@ -124,15 +124,15 @@ def time_call(
     return Timing(statistics.median(times), quartiles[0], quartiles[2], len(times))
 
 
-def time_round_robin(
+def round_robin_timings(
     calls: Mapping[str, Callable[[], object]],
     device: torch.device,
     rounds: int,
     advance: Callable[[], object] | None = None,
-) -> dict[str, float]:
-    """Median milliseconds of each call over ``rounds`` rounds, each round every call once, in turn, after one
-    warm-up call each: a noisy machine slows them alike, so their ratios hold. ``advance`` runs after each round
-    (a progress bar's)."""
+) -> dict[str, Timing]:
+    """Milliseconds of each call over ``rounds`` rounds (median and quartiles), each round every call once, in turn,
+    after one warm-up call each: a noisy machine slows them alike, so their ratios hold. ``advance`` runs after
+    each round (a progress bar's)."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     for fn in calls.values():
         fn()
@@ -145,7 +145,21 @@ def time_round_robin(
             times[name].append((time.perf_counter() - start_s) * 1e3)
         if advance is not None:
             advance()
-    return {name: statistics.median(values) for name, values in times.items()}
+    timings = {}
+    for name, values in times.items():
+        quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+        timings[name] = Timing(statistics.median(values), quartiles[0], quartiles[2], len(values))
+    return timings
+
+
+def time_round_robin(
+    calls: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    rounds: int,
+    advance: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """Median milliseconds of each call, from :func:`round_robin_timings`."""
+    return {name: timing.median_ms for name, timing in round_robin_timings(calls, device, rounds, advance).items()}
 
 
 def memory_method(device: torch.device) -> str:

@@ -6,8 +6,8 @@ import dataclasses
 
 from torch import nn
 
-from elfatt.blocks import BlockSpec, resolve_block
 from elfatt.diffusion.processor import ATTENTION_MODES, ELFATTAttnProcessor, LatentSizeHooks, PatchConfig, PatchState
+from elfatt.ops.blocks import BlockSpec, encode_block
 
 __all__ = ["apply_patch", "remove_patch", "is_patched", "patch_config"]
 
@@ -48,7 +48,7 @@ def _check_config(config: PatchConfig) -> None:
         raise ValueError(f"split must lie in [0, 1], got {config.split}")
     if config.attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {config.attention!r}")
-    resolve_block((1, 1), config.block)
+    encode_block(config.block)
 
 
 def apply_patch(

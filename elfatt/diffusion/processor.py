@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from elfatt.blocks import BlockSpec, resolve_block
 from elfatt.diffusion.merge import TokenMerge, bipartite_soft_matching_2d
-from elfatt.functional import block_attention, global_head_count, global_linear_attention
+from elfatt.ops import BlockSpec, elfatt, global_head_count
 
 __all__ = [
     "ATTENTION_MODES",
@@ -229,29 +228,32 @@ class ELFATTAttnProcessor:
     ) -> Tensor:
         """ELFATT over the merged tokens; returns ``[B, N, heads * d]`` on the full grid, before ``to_out``."""
         config = self.state.config
-        q, k, v = (self._heads(attn, proj(merged)) for proj in (attn.to_q, attn.to_k, attn.to_v))
-        batch, heads, _, dim = q.shape
+        # [B, M, heads, d]: the op's layout, straight from the projections
+        q, k, v = (proj(merged).unflatten(-1, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        batch, _, heads, dim = q.shape
         if config.attention == "merge-only":
-            out = self._unmerge_heads(merge, F.scaled_dot_product_attention(q, k, v, scale=attn.scale))
-            return out.transpose(1, 2).reshape(batch, merge.tokens, heads * dim)
+            out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), scale=attn.scale)
+            return merge.unmerge(out.transpose(1, 2).reshape(batch, -1, heads * dim))
         num_global = global_head_count(heads, config.split, round_down=True)
         parts = []
         if num_global:
-            out = global_linear_attention(q[:, :num_global], k[:, :num_global], v[:, :num_global])
+            # the global heads attend the merged tokens, which lie on no grid: a 1 x M one, and no LePE
+            out = elfatt(
+                q[:, :, :num_global], k[:, :, :num_global], v[:, :, :num_global], (1, q.shape[1]),
+                num_global_heads=num_global,
+            )  # fmt: skip
             parts.append(self._unmerge_heads(merge, out))
         if num_global < heads:
-            q_b, k_b, v_b = (self._unmerge_heads(merge, x[:, num_global:]) for x in (q, k, v))
-            block = resolve_block(grid, config.block)
-            parts.append(block_attention(q_b, k_b, v_b, grid, block, scale=attn.scale))
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return out.transpose(1, 2).reshape(batch, merge.tokens, heads * dim)
+            q_b, k_b, v_b = (self._unmerge_heads(merge, x[:, :, num_global:]) for x in (q, k, v))
+            parts.append(elfatt(q_b, k_b, v_b, grid, block=config.block, num_global_heads=0, scale=attn.scale))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        return out.reshape(batch, merge.tokens, heads * dim)
 
     @staticmethod
     def _unmerge_heads(merge: TokenMerge, x: Tensor) -> Tensor:
-        """``[B, h, M, d] -> [B, h, N, d]`` through the token unmerge."""
-        batch, heads, _, dim = x.shape
-        flat = merge.unmerge(x.transpose(1, 2).reshape(batch, -1, heads * dim))
-        return flat.reshape(batch, merge.tokens, heads, dim).transpose(1, 2)
+        """``[B, M, h, d] -> [B, N, h, d]`` through the token unmerge."""
+        batch, _, heads, dim = x.shape
+        return merge.unmerge(x.reshape(batch, -1, heads * dim)).view(batch, merge.tokens, heads, dim)
 
     def _cross_attention(self, attn: torch.nn.Module, merged: Tensor, context: Tensor) -> Tensor:
         """Exact attention of the merged queries to the text tokens; ``[B, M, heads * d]``."""

@@ -43,8 +43,6 @@ from timm.layers import LayerNorm2d
 from timm.models import generate_default_cfgs, register_model, register_notrace_function
 from torch import Tensor
 
-from elfatt._checks import pair
-from elfatt.blocks import BlockSpec, block_from_count, resolve_block
 from elfatt.models._backbone import (
     ELFATTBackbone,
     MapRequest,
@@ -54,6 +52,8 @@ from elfatt.models._backbone import (
 )
 from elfatt.models._blocks import ELFATTBlock
 from elfatt.models.cswin_checkpoint import checkpoint_filter_fn
+from elfatt.ops.blocks import BlockSpec, block_from_count, resolve_block
+from elfatt.ops.checks import pair
 
 __all__ = ["CSWinELFATT", "ELFATTStage", "ConvMerge", "PatchEmbed", "checkpoint_filter_fn"]
 

@@ -14,11 +14,10 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
-from elfatt._checks import pair
-from elfatt.blocks import BlockSpec
-from elfatt.functional import half_split
 from elfatt.models.vit_elfatt import DEFAULT_NUM_BLOCKS, VisionTransformerELFATT
 from elfatt.modules import ELFATTAttention
+from elfatt.ops.blocks import BlockSpec
+from elfatt.ops.checks import half_split, pair
 
 __all__ = ["TimmELFATTAttention", "patch_timm_vit"]
 
@@ -163,7 +162,7 @@ def patch_timm_vit(
     Each ``model.blocks[i].attn`` (timm's ``Attention``) becomes a :class:`TimmELFATTAttention` that takes over its
     ``qkv`` and ``proj`` modules (the same parameters, device and dtype) and its ``q_norm`` / ``k_norm``, and adds
     LePE convs initialised to zero, so LePE adds nothing until fine-tuning trains it. Prefix tokens
-    (``model.num_prefix_tokens``: class, registers) attend as :func:`~elfatt.functional.elfatt` says of
+    (``model.num_prefix_tokens``: class, registers) attend as :func:`elfatt.ops.elfatt` says of
     ``num_prefix_tokens``. The token grid comes
     from the input: a forward pre-hook on ``model.patch_embed`` (called by ``forward``, ``forward_features`` and
     ``forward_intermediates`` alike) records the images' size and turns it into the grid with the patch

@@ -51,12 +51,11 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 from torch import Tensor
 
-from elfatt._checks import pair
-from elfatt.blocks import BlockSpec, block_from_count, resolve_block
-from elfatt.functional import half_split
 from elfatt.models._backbone import ELFATTBackbone, MapRequest, elfatt_cfg, init_weights
 from elfatt.models._blocks import ELFATTBlock
 from elfatt.modules import ELFATTAttention
+from elfatt.ops.blocks import BlockSpec, block_from_count, resolve_block
+from elfatt.ops.checks import half_split, pair
 
 __all__ = ["VisionTransformerELFATT", "PrefixELFATTAttention", "PatchEmbed", "checkpoint_filter_fn"]
 
@@ -160,7 +159,7 @@ class VisionTransformerELFATT(ELFATTBackbone):
             num_blocks: the paper's fixed number of blocks ``(nh, nw)`` of the softmax heads (an int ``n`` for
                 ``(n, n)``); ``(2, 2)`` when neither this nor ``block_size`` is given.
             block_size: instead, a fixed block ``(bh, bw)``: costs then linear in the tokens.
-            split: fraction of global linear heads; None for half, rounded down (:func:`~elfatt.functional.half_split`).
+            split: fraction of global linear heads; None for half, rounded down (:func:`~elfatt.ops.checks.half_split`).
             mlp_ratio: MLP hidden width over the channels.
             qkv_bias: bias in the qkv projections.
             qk_norm: normalise queries and keys per head.

@@ -17,7 +17,7 @@ def test_eager_and_compiled_side_by_side(tmp_path, capsys):
         (row,) = list(csv.DictReader(handle))
     assert (row["level"], row["mechanism"], row["size"], row["run_pass"]) == ("op", "elfatt", "6x6", "fwd")
     assert float(row["compile_speedup"]) == pytest.approx(float(row["eager_ms"]) / float(row["compiled_ms"]))
-    # The traced graph (blocks gathered whole, edge keys masked) computes what eager does.
+    # The compiled graph calls the registered op, which runs the eager kernels.
     assert float(row["relative_difference"]) < 1e-5
     assert "| op | elfatt | 6x6 |" in (tmp_path / "compiled.md").read_text()
     assert "backend eager" in capsys.readouterr().out
@@ -38,9 +38,24 @@ def test_plan_has_op_cells_then_model_cells():
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--mechanisms", "nope"], "unknown mechanism"), (["--backbones", "nope"], "unknown backbone")],
+    [
+        (["--mechanisms", "nope"], "unknown mechanism"),
+        (["--backbones", "nope"], "unknown backbone"),
+        (["--backbones", "timm+elfatt:swin_tiny_patch4_window7_224"], "vit_"),
+        (["--batch", "0"], "--batch"),
+    ],
 )
 def test_bad_names_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_patched_timm_vit_is_a_backbone(tmp_path):
+    """timm's ViT patched with ELFATT (patch_timm_vit), compiled and eager side by side, batch 2."""
+    argv = ["--mechanisms", "--backbones", "timm+elfatt:vit_tiny_patch16_224", "--resolutions", "64", "--batch", "2"]
+    assert main([*argv, "--rounds", "1", "--backend", "eager", "--no-progress", "--out", str(tmp_path)]) == 0
+    with (tmp_path / "compiled.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["mechanism"], row["size"]) == ("timm+elfatt:vit_tiny_patch16_224", "64px")
+    assert float(row["relative_difference"]) < 1e-5

@@ -1,4 +1,4 @@
-"""python -m elfatt.bench.layer on a tiny grid: the table's ratios are what its own columns say."""
+"""python -m elfatt.bench.layer on tiny grids: the table's ratios are what its own columns say."""
 
 from __future__ import annotations
 
@@ -7,40 +7,43 @@ import csv
 import pytest
 import torch
 
-import elfatt
-from elfatt.bench.layer import PARTS, layer_callables, main
+from elfatt.bench.layer import _Linears, main
+from elfatt.modules import ELFATTAttention
 
 
-def test_writes_the_layer_against_its_parts(tmp_path, capsys):
-    assert main(["--sides", "12", "10", "--rounds", "1", "--no-progress", "--out", str(tmp_path)]) == 0
-    with (tmp_path / "layer_parts.csv").open() as handle:
+def test_writes_the_layer_against_timm_and_its_linears(tmp_path, capsys):
+    argv = ["--grids", "5x7:2", "4x4:1", "--dim", "32", "--heads", "4", "--block", "3", "--threads", "1",
+            "--rounds", "1", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    with (tmp_path / "layer.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["grid"] for row in rows] == ["12x12", "10x10"]
+    assert [(row["grid"], row["run_pass"]) for row in rows] == [
+        ("5x7", "fwd"), ("5x7", "fwd+bwd"), ("4x4", "fwd"), ("4x4", "fwd+bwd")
+    ]  # fmt: skip
     for row in rows:
-        total = sum(float(row[part]) for part in PARTS)
-        assert float(row["sum of parts"]) == pytest.approx(total)
-        assert float(row["layer / parts"]) == pytest.approx(float(row["layer"]) / total)
-        assert float(row["speed-up"]) == pytest.approx(float(row["head-major layer"]) / float(row["layer"]))
-    assert "| 12x12 |" in (tmp_path / "layer_parts.md").read_text()
-    assert "layer / parts" in capsys.readouterr().out
+        assert float(row["elfatt / linears"]) == pytest.approx(float(row["elfatt ms"]) / float(row["linears ms"]))
+        assert float(row["speed-up vs timm"]) == pytest.approx(float(row["timm ms"]) / float(row["elfatt ms"]))
+        assert int(row["elfatt ops"]) > int(row["elfatt compute ops"]) > 0
+    assert "| 1 | 5x7 | 2 | fwd |" in (tmp_path / "layer.md").read_text()
+    assert "speed-up vs timm" in capsys.readouterr().out
+    assert torch.get_num_threads() >= 1
 
 
-def test_the_head_major_form_computes_the_same_layer():
-    layer = elfatt.ELFATTAttention(24, 4, block=(3, 2)).eval()
-    calls = layer_callables(layer, (7, 5))
-    out = calls["layer"]()
-    assert out.shape == (1, 35, 24)
-    # Both forms read the same random input, so they must agree.
-    torch.testing.assert_close(calls["head-major layer"](), out, rtol=1e-5, atol=1e-5)
+def test_the_linears_are_the_layers_own():
+    layer = ELFATTAttention(16, 2)
+    x = torch.randn(1, 6, 16)
+    torch.testing.assert_close(_Linears(layer)(x), layer.proj(layer.qkv(x)[..., :16]))
 
 
-@pytest.mark.parametrize("split", [0.0, 1.0])
-def test_a_layer_with_one_part_only_is_refused(split):
-    with pytest.raises(ValueError, match="global and block heads"):
-        layer_callables(elfatt.ELFATTAttention(16, 2, split=split), (4, 4))
-
-
-def test_bad_options_exit_with_a_message(capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dim", "30", "--heads", "4"], "--dim must divide"),
+        (["--grids", "14x14"], "HxW:BATCH"),
+        (["--threads", "0"], "--threads"),
+    ],  # fmt: skip
+)
+def test_bad_options_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit):
-        main(["--dim", "30", "--heads", "4"])
-    assert "--dim must divide" in capsys.readouterr().err
+        main(argv)
+    assert message in capsys.readouterr().err

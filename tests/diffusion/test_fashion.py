@@ -89,15 +89,19 @@ def test_the_default_patch_covers_the_three_self_attention_layers_at_1024_tokens
     torch.manual_seed(0)
     model = ClassConditionalUNet().eval()
     seen = []
-    real = processor_module.global_linear_attention
-    monkeypatch.setattr(
-        processor_module, "global_linear_attention", lambda q, k, v: seen.append(q.shape) or real(q, k, v)
-    )
+    real = processor_module.elfatt
+
+    def spy(q, k, v, size, **kwargs):
+        if kwargs.get("num_global_heads"):
+            seen.append(q.shape)
+        return real(q, k, v, size, **kwargs)
+
+    monkeypatch.setattr(processor_module, "elfatt", spy)
     apply_patch(model, ratio=0.0)
     with torch.no_grad():
         model(torch.randn(2, 1, 32, 32), torch.tensor(10), torch.tensor([0, 10]))
     # One down and two up layers at 32x32, 2 heads split 1 global + 1 block; none at 16x16, no cross-attention.
-    assert seen == [torch.Size([2, 1, 1024, 16])] * 3
+    assert seen == [torch.Size([2, 1024, 1, 16])] * 3
 
 
 def test_frechet_distance_matches_scipy_and_the_closed_form():

@@ -16,7 +16,7 @@ from diffusers.models.attention_processor import Attention  # noqa: E402
 from unets import TWO_LEVELS, build_unet  # noqa: E402
 
 import elfatt.diffusion.processor as processor_module  # noqa: E402
-import elfatt.reference as reference  # noqa: E402
+import elfatt.ops.reference as reference  # noqa: E402
 from elfatt.diffusion import apply_patch, is_patched, patch_config, remove_patch  # noqa: E402
 
 RTOL = {torch.float32: 1e-4, torch.float16: 2e-2}
@@ -67,13 +67,14 @@ def test_layers_below_min_tokens_keep_their_attention(monkeypatch):
     unet = tiny_unet()
     sample, step, context = _inputs(16, 24)
     seen = []
-    real = processor_module.global_linear_attention
+    real = processor_module.elfatt
 
-    def spy(q, k, v):
-        seen.append(q.shape)
-        return real(q, k, v)
+    def spy(q, k, v, size, **kwargs):
+        if kwargs.get("num_global_heads"):
+            seen.append(q.shape)
+        return real(q, k, v, size, **kwargs)
 
-    monkeypatch.setattr(processor_module, "global_linear_attention", spy)
+    monkeypatch.setattr(processor_module, "elfatt", spy)
     with torch.no_grad():
         before = unet(sample, step, context).sample
         apply_patch(unet, min_tokens=16 * 24 + 1)
@@ -83,7 +84,7 @@ def test_layers_below_min_tokens_keep_their_attention(monkeypatch):
         unet(sample, step, context)
     # Only the 16x24 level is patched: one down and two up self-attention layers (an up block has
     # layers_per_block + 1), on 384 tokens each; none of the 8x12 level.
-    assert len(seen) == 3 and all(shape[2] == 16 * 24 for shape in seen)
+    assert len(seen) == 3 and all(shape[1] == 16 * 24 for shape in seen)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -234,13 +235,14 @@ def test_layers_are_chosen_by_level_at_any_latent_size(latent, monkeypatch):
     SDXL's 832x1216 bucket, where a 4096-token threshold patched none; 2 adds the half-size level's four
     (one down, the mid block's, two up)."""
     seen = []
-    real = processor_module.block_attention
+    real = processor_module.elfatt
 
-    def spy(q, k, v, size, block, **kwargs):
-        seen.append(size)
-        return real(q, k, v, size, block, **kwargs)
+    def spy(q, k, v, size, **kwargs):
+        if kwargs.get("num_global_heads") == 0:
+            seen.append(size)
+        return real(q, k, v, size, **kwargs)
 
-    monkeypatch.setattr(processor_module, "block_attention", spy)
+    monkeypatch.setattr(processor_module, "elfatt", spy)
     unet = two_level_unet()
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 4, *latent, generator=generator)

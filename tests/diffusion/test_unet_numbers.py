@@ -41,13 +41,14 @@ def _inputs(kind: str, batch: int, latent: tuple[int, int]) -> tuple[torch.Tenso
 def attended_grids(monkeypatch) -> list[tuple[int, int]]:
     """The grids the patched layers ran their block attention on, so a test sees that layers were patched."""
     grids: list[tuple[int, int]] = []
-    real = processor_module.block_attention
+    real = processor_module.elfatt
 
-    def spy(q, k, v, size, block, **kwargs):
-        grids.append(size)
-        return real(q, k, v, size, block, **kwargs)
+    def spy(q, k, v, size, **kwargs):
+        if kwargs.get("num_global_heads") == 0:
+            grids.append(size)
+        return real(q, k, v, size, **kwargs)
 
-    monkeypatch.setattr(processor_module, "block_attention", spy)
+    monkeypatch.setattr(processor_module, "elfatt", spy)
     return grids
 
 

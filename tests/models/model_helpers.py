@@ -9,8 +9,8 @@ import torch
 import torch.utils._device
 from torch.utils.flop_counter import FlopCounterMode
 
-import elfatt.functional
-import elfatt.tokens_last
+import elfatt.ops.attend
+import elfatt.ops.kernels
 
 
 @pytest.fixture
@@ -30,17 +30,19 @@ def count_params_flops(model: torch.nn.Module, size: tuple[int, int]) -> tuple[i
     """Parameters, and GMACs (FlopCounterMode's FLOPs / 2, as papers count) of one image, with and without the
     blockified heads' softmax-attention matmuls (the paper's "nFA" and "FA" columns)."""
     sparse_macs = 0
-    softmax_attention = elfatt.functional.softmax_attention
+    softmax_attention = elfatt.ops.kernels._softmax_attention
 
-    def counting(q, k, v, **kwargs):
+    def counting(q, k, v, *args):
         nonlocal sparse_macs
         sparse_macs += q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
-        return softmax_attention(q, k, v, **kwargs)
+        return softmax_attention(q, k, v, *args)
 
     x = torch.empty(1, 3, *size, device=next(model.parameters()).device)
-    # Both the head-major op and the layer's own tokens-last path call softmax attention.
-    callers = (elfatt.functional, elfatt.tokens_last)
-    patches = [mock.patch.object(module, "softmax_attention", counting) for module in callers]
+    # The model's arithmetic: edge blocks at their own size (the regions layout), not the CPU's padded blocks.
+    patches = [
+        mock.patch.object(elfatt.ops.kernels, "_softmax_attention", counting),
+        mock.patch.object(elfatt.ops.attend, "padded_layout", lambda device: False),
+    ]
     with patches[0], patches[1], torch.no_grad():
         with FlopCounterMode(display=False) as counter:
             model.eval()(x)

@@ -15,7 +15,7 @@ from model_helpers import meta_device  # noqa: F401
 
 import elfatt
 import elfatt.models as models
-import elfatt.reference as reference
+import elfatt.ops.reference as reference
 from elfatt.models import PrefixELFATTAttention, VisionTransformerELFATT, patch_timm_vit
 from elfatt.models.timm_vit_patch import TimmELFATTAttention
 from elfatt.models.vit_elfatt import checkpoint_filter_fn, resample_abs_pos_embed
@@ -156,7 +156,7 @@ def test_block_heads_keep_grid_tokens_in_their_block(generator):
 def test_prefix_layer_bad_arguments(generator):
     layer = PrefixELFATTAttention(16, 2)
     x = torch.randn(1, 1 + 12, 16, generator=generator)
-    with pytest.raises(ValueError, match="make 14 tokens, but x has 13"):
+    with pytest.raises(ValueError, match="make 14 tokens, which does not match the 13"):
         layer(x, (3, 4), 2)
     with pytest.raises(ValueError, match="num_prefix_tokens"):
         layer(x, (3, 4), -1)

@@ -46,6 +46,6 @@ def resolve_backend(backend: str, x: Tensor) -> str:
 
 def triton_global_linear_attention() -> Callable[..., Tensor]:
     """The Triton implementation, imported on first use so that ``import elfatt`` never imports Triton."""
-    from elfatt.backends.triton_global import global_linear_attention_triton
+    from elfatt.ops.triton_global import global_linear_attention_triton
 
     return global_linear_attention_triton

@@ -16,7 +16,9 @@ __all__ = [
     "block_token_indices",
     "block_attention",
     "lepe",
+    "softmax_attention",
     "elfatt",
+    "elfatt_tokens_last",
     "elfatt_attention_module",
 ]
 
@@ -68,6 +70,16 @@ def block_attention(
                 weights = softmax(q_block @ k_block.T * scale, dim=1)
                 out[b, h, indices] = weights @ v_block
     return out
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """``softmax(Q K^T * scale) V`` over all keys, for each batch and head; inputs ``[B, heads, L, d]``."""
+    q, k, v = q.double(), k.double(), v.double()
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.stack(
+        [torch.stack([softmax(q[b, h] @ k[b, h].T * scale, dim=1) @ v[b, h] for h in range(q.shape[1])])
+         for b in range(q.shape[0])]
+    )  # fmt: skip
 
 
 def _depthwise_conv(image: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -122,22 +134,36 @@ def elfatt(
     global_heads: int,
     global_lepe: tuple[Tensor, Tensor | None] | None = None,
     block_lepe: tuple[Tensor, Tensor | None] | None = None,
+    prefix: int = 0,
+    scale: float | None = None,
 ) -> Tensor:
-    """``cat(H_bar, H_tilde)`` over heads: the first ``global_heads`` heads global linear, the rest blockified."""
+    """``cat(H_bar, H_tilde)`` over heads of ``[B, heads, P + H * W, d]`` tensors: the first ``global_heads`` heads
+    global linear over all tokens (LePE on the grid's), the rest blockified on the grid, their ``P`` prefix queries
+    attending every key."""
     parts = []
     if global_heads:
         q_bar, k_bar, v_bar = q[:, :global_heads], k[:, :global_heads], v[:, :global_heads]
         out = global_linear_attention(q_bar, k_bar, v_bar)
         if global_lepe is not None:
-            out = out + lepe(v_bar, size, *global_lepe)
+            local = lepe(v_bar[:, :, prefix:], size, *global_lepe)
+            out = torch.cat([out[:, :, :prefix], out[:, :, prefix:] + local], dim=2)
         parts.append(out)
     if global_heads < q.shape[1]:
         q_tilde, k_tilde, v_tilde = q[:, global_heads:], k[:, global_heads:], v[:, global_heads:]
-        out = block_attention(q_tilde, k_tilde, v_tilde, size, block)
+        grid = [x[:, :, prefix:] for x in (q_tilde, k_tilde, v_tilde)]
+        out = block_attention(*grid, size, block, scale)
         if block_lepe is not None:
-            out = out + lepe(v_tilde, size, *block_lepe, block=block)
+            out = out + lepe(grid[2], size, *block_lepe, block=block)
+        if prefix:
+            out = torch.cat([softmax_attention(q_tilde[:, :, :prefix], k_tilde, v_tilde, scale), out], dim=2)
         parts.append(out)
     return torch.cat(parts, dim=1)
+
+
+def elfatt_tokens_last(q: Tensor, k: Tensor, v: Tensor, *args, **kwargs) -> Tensor:
+    """:func:`elfatt` of ``[B, P + H * W, heads, d]`` tensors, the op's layout; same arguments after them."""
+    out = elfatt(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), *args, **kwargs)
+    return out.transpose(1, 2)
 
 
 def elfatt_attention_module(module: torch.nn.Module, x: Tensor, size: tuple[int, int]) -> Tensor:
