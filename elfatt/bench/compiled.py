@@ -149,8 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if progress is not None:
                 progress.advance(task)
     caption = (
-        f"torch {torch.__version__}, {args.device}, {args.dtype}, batch {args.batch}, {torch.get_num_threads()} threads, "
-        f"torch.compile backend {args.backend}; "
+        f"torch {torch.__version__}, {args.device}, {args.dtype}, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads, torch.compile backend {args.backend}; "
         f"medians of {args.rounds} interleaved rounds; speed-up = eager / compiled."
     )
     publish_table(rows, caption, _table(rows), args.out, "compiled")
