@@ -56,6 +56,7 @@ def _bands(length: int, block: int, padded: bool) -> list[tuple[int, int, int]]:
 
 
 @functools.lru_cache(maxsize=256)
+@torch.inference_mode(False)
 def plan_for(
     batch: int,
     tokens: int,
@@ -69,23 +70,9 @@ def plan_for(
     """The plan for ``batch`` sequences of ``tokens = prefix + H * W`` tokens cut into ``block = (bh, bw)`` blocks.
 
     ``padded`` picks the layout (see the module docstring); a block that divides the grid gives the same plan
-    either way. Indices are built with ``arange`` on the CPU and moved to ``device`` once.
+    either way. Indices are built with ``arange`` on the CPU and moved to ``device`` once, as normal tensors even
+    when first asked for under inference mode, so that a training pass can save them.
     """
-    # normal tensors even when first asked for under inference mode, so that a training pass can save them
-    with torch.inference_mode(False):
-        return _make_plan(batch, tokens, prefix, size, block, padded, device, dtype)
-
-
-def _make_plan(
-    batch: int,
-    tokens: int,
-    prefix: int,
-    size: tuple[int, int],
-    block: tuple[int, int],
-    padded: bool,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Plan:
     height, width = size
     # built on the CPU whatever the default device (a model made under torch.device("meta") included)
     cpu = torch.device("cpu")

@@ -10,8 +10,8 @@ import torch
 pytest.importorskip("diffusers")
 
 from fashion_files import write_fashion_files  # noqa: E402
+from unets import record_op_calls  # noqa: E402
 
-import elfatt.diffusion.processor as processor_module  # noqa: E402
 from elfatt.diffusion import apply_patch  # noqa: E402
 from elfatt.diffusion.fashion.__main__ import main  # noqa: E402
 from elfatt.diffusion.fashion.evaluate import EvaluationConfig, evaluate, load_diffusion_model  # noqa: E402
@@ -88,15 +88,7 @@ def test_samples_depend_on_their_seed_not_on_the_batching(narrow_unet):
 def test_the_default_patch_covers_the_three_self_attention_layers_at_1024_tokens(monkeypatch):
     torch.manual_seed(0)
     model = ClassConditionalUNet().eval()
-    seen = []
-    real = processor_module.elfatt
-
-    def spy(q, k, v, size, **kwargs):
-        if kwargs.get("num_global_heads"):
-            seen.append(q.shape)
-        return real(q, k, v, size, **kwargs)
-
-    monkeypatch.setattr(processor_module, "elfatt", spy)
+    seen = record_op_calls(monkeypatch, "global")
     apply_patch(model, ratio=0.0)
     with torch.no_grad():
         model(torch.randn(2, 1, 32, 32), torch.tensor(10), torch.tensor([0, 10]))

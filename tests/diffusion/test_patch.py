@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 
 from diffusers import DDIMScheduler, UNet2DConditionModel  # noqa: E402
 from diffusers.models.attention_processor import Attention  # noqa: E402
-from unets import TWO_LEVELS, build_unet  # noqa: E402
+from unets import TWO_LEVELS, build_unet, record_op_calls  # noqa: E402
 
 import elfatt.diffusion.processor as processor_module  # noqa: E402
 import elfatt.ops.reference as reference  # noqa: E402
@@ -66,15 +66,7 @@ def test_apply_then_remove_restores_bit_identical_outputs(size):
 def test_layers_below_min_tokens_keep_their_attention(monkeypatch):
     unet = tiny_unet()
     sample, step, context = _inputs(16, 24)
-    seen = []
-    real = processor_module.elfatt
-
-    def spy(q, k, v, size, **kwargs):
-        if kwargs.get("num_global_heads"):
-            seen.append(q.shape)
-        return real(q, k, v, size, **kwargs)
-
-    monkeypatch.setattr(processor_module, "elfatt", spy)
+    seen = record_op_calls(monkeypatch, "global")
     with torch.no_grad():
         before = unet(sample, step, context).sample
         apply_patch(unet, min_tokens=16 * 24 + 1)
@@ -234,15 +226,7 @@ def test_layers_are_chosen_by_level_at_any_latent_size(latent, monkeypatch):
     """max_downsample=1 patches the top level's three self-attention layers (one down, two up) at 384x512 and at
     SDXL's 832x1216 bucket, where a 4096-token threshold patched none; 2 adds the half-size level's four
     (one down, the mid block's, two up)."""
-    seen = []
-    real = processor_module.elfatt
-
-    def spy(q, k, v, size, **kwargs):
-        if kwargs.get("num_global_heads") == 0:
-            seen.append(size)
-        return real(q, k, v, size, **kwargs)
-
-    monkeypatch.setattr(processor_module, "elfatt", spy)
+    seen = record_op_calls(monkeypatch, "block")
     unet = two_level_unet()
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 4, *latent, generator=generator)

@@ -9,9 +9,8 @@ import torch
 pytest.importorskip("diffusers")
 
 from diffusers import UNet2DConditionModel  # noqa: E402
-from unets import CONTEXT_DIM, SDXL_STYLE, TEXT_EMBED_DIM, TWO_LEVELS, build_unet  # noqa: E402
+from unets import CONTEXT_DIM, SDXL_STYLE, TEXT_EMBED_DIM, TWO_LEVELS, build_unet, record_op_calls  # noqa: E402
 
-import elfatt.diffusion.processor as processor_module  # noqa: E402
 from elfatt.diffusion import apply_patch, remove_patch  # noqa: E402
 
 UNETS = {"sd": TWO_LEVELS, "sdxl": SDXL_STYLE}
@@ -40,16 +39,7 @@ def _inputs(kind: str, batch: int, latent: tuple[int, int]) -> tuple[torch.Tenso
 @pytest.fixture
 def attended_grids(monkeypatch) -> list[tuple[int, int]]:
     """The grids the patched layers ran their block attention on, so a test sees that layers were patched."""
-    grids: list[tuple[int, int]] = []
-    real = processor_module.elfatt
-
-    def spy(q, k, v, size, **kwargs):
-        if kwargs.get("num_global_heads") == 0:
-            grids.append(size)
-        return real(q, k, v, size, **kwargs)
-
-    monkeypatch.setattr(processor_module, "elfatt", spy)
-    return grids
+    return record_op_calls(monkeypatch, "block")
 
 
 @pytest.mark.parametrize("kind", UNETS)

@@ -39,3 +39,22 @@ def build_unet(config: dict, seed: int = 0) -> UNet2DConditionModel:
     """A UNet of ``config`` with weights drawn from ``seed``, in eval mode."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(**config).eval()
+
+
+def record_op_calls(monkeypatch, part: str) -> list:
+    """Record the patched layers' calls of the ELFATT op for one ``part``: ``"global"`` (the shapes of the global
+    heads' q, merged tokens) or ``"block"`` (the grids of the block heads); returns the list they are added to."""
+    import elfatt.diffusion.processor as processor_module
+
+    seen: list = []
+    real = processor_module.elfatt
+
+    def spy(q, k, v, size, **kwargs):
+        if part == "global" and kwargs.get("num_global_heads"):
+            seen.append(q.shape)
+        if part == "block" and kwargs.get("num_global_heads") == 0:
+            seen.append(size)
+        return real(q, k, v, size, **kwargs)
+
+    monkeypatch.setattr(processor_module, "elfatt", spy)
+    return seen

@@ -1,5 +1,6 @@
-"""The registered op: torch.library's own checks, and the compiled op against eager (dynamic sizes, no
-recompiles, gradients, attention dropout drawn alike in the forward and the recomputing backward)."""
+"""The registered op: torch.library's own checks, the compiled layer keeping the op in its graph (dynamic sizes,
+no recompiles), attention dropout drawn alike in the forward and the recomputing backward. Compiled gradients
+against eager: tests/test_compile_export.py."""
 
 from __future__ import annotations
 
@@ -62,20 +63,3 @@ def test_compiled_layer_keeps_the_op_and_compiles_once(layout, generator):
     assert counter.frame_count == 1, "a later size compiled again: the graph is not dynamic"
     ops = {str(node.target) for graph in counter.graphs for node in graph.graph.nodes}
     assert "elfatt.attention.default" in ops, "the op was traced through instead of kept"
-
-
-def test_compiled_gradients_match_eager(generator):
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    layer = elfatt.ELFATTAttention(32, num_heads=4, num_blocks=(2, 3)).train()
-    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="aot_eager")
-    for size in SIZES[:2]:
-        x = torch.randn(2, size[0] * size[1], 32, generator=generator, requires_grad=True)
-        grads = []
-        for module in (layer, compiled):
-            layer.zero_grad()
-            x.grad = None
-            module(x, size).square().mean().backward()
-            grads.append([x.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
-        for eager, traced in zip(*grads, strict=True):
-            assert rel_error(traced, eager) < 1e-5
