@@ -26,13 +26,17 @@ def global_linear_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Te
     """
     if backend == "triton":
         return triton_global_linear_attention()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    batch, tokens, heads, dim_v = v.shape
+    batch, tokens, heads, dim = q.shape
+    dim_v = v.shape[-1]
+    if dim_v == dim:
+        # one copy of all three, head-major: [3, B * heads, T, d]; both softmaxes then read dense memory
+        q, k, v = torch.stack([x.transpose(1, 2) for x in (q, k, v)]).view(3, batch * heads, tokens, dim).unbind(0)
+    else:
+        q, k, v = (x.transpose(1, 2).reshape(batch * heads, tokens, x.shape[-1]) for x in (q, k, v))
     upcast = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else None
-    # softmaxes of strided views come out dense in the permuted order: [B, heads, d, T] and [B, heads, T, d]
-    key_weights = k.permute(0, 2, 3, 1).softmax(dim=-1, dtype=upcast).view(batch * heads, k.shape[-1], tokens)
-    query_weights = q.transpose(1, 2).softmax(dim=-1, dtype=upcast).view(batch * heads, tokens, q.shape[-1])
-    values = v.transpose(1, 2).reshape(batch * heads, tokens, dim_v)
-    context = torch.bmm(key_weights, values if upcast is None else values.to(upcast))
+    key_weights = k.softmax(dim=1, dtype=upcast)
+    context = torch.bmm(key_weights.transpose(1, 2), v if upcast is None else v.to(upcast))
+    query_weights = q.softmax(dim=-1, dtype=upcast)
     if upcast is not None:
         query_weights, context = query_weights.to(q.dtype), context.to(q.dtype)
     return torch.bmm(query_weights, context).view(batch, heads, tokens, dim_v)
