@@ -16,6 +16,7 @@ import torch
 from elfatt._arguments import one_line
 from elfatt._atomic import atomic_save, remove_stale_temporaries
 from elfatt._resume import changed_options
+from elfatt._safe_load import load_weights_only, plain_config
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -53,8 +54,8 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # a truncated zip, an empty file, a pickle of something else: all mean "unreadable"
+        state = load_weights_only(path, map_location)
+    except Exception as error:  # a truncated zip, an empty file, pickled code: all mean "unreadable"
         raise CheckpointError(f"cannot read checkpoint {path} ({one_line(error)}); {_alternatives(path)}") from None
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
@@ -64,19 +65,13 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
 
 
 def _alternatives(path: Path) -> str:
-    """What to do instead of resuming from the unreadable ``path``: the folder's other readable checkpoints."""
-    readable = []
-    for other in sorted(path.parent.glob("*.pt")):
-        if other.resolve() == path.resolve():
-            continue
-        try:
-            state = torch.load(other, map_location="cpu", weights_only=False)
-            readable.append(f"{other} (epoch {int(state['epoch']) + 1})")
-        except Exception:  # noqa: S112 - an unreadable neighbour is simply not offered
-            continue
-    if readable:
-        return f"resume from {' or '.join(readable)} instead, or start afresh without --resume"
-    return "no other readable checkpoint in its folder: start afresh without --resume"
+    """What to do instead of resuming from the unreadable ``path``: the folder's other checkpoints, by name only
+    (none of them is opened: a file placed there is not read unasked)."""
+    others = [str(other) for other in sorted(path.parent.glob("*.pt")) if other.resolve() != path.resolve()]
+    if others:
+        listed = ", ".join(others)
+        return f"other checkpoints in its folder: {listed}; resume from one, or start afresh without --resume"
+    return "no other checkpoint in its folder: start afresh without --resume"
 
 
 # Options added since early checkpoints whose default does not describe those runs: the value that does.
@@ -87,7 +82,11 @@ def saved_config(state: dict[str, Any], defaults: Any) -> dict[str, Any]:
     """The config a checkpoint was saved with; an option added since then at its :data:`LEGACY_VALUES` entry, or
     else at its default in ``defaults`` (a ``TrainConfig``), which keeps the old behaviour."""
     saved = state["config"]
-    return {key: saved.get(key, LEGACY_VALUES.get(key, default)) for key, default in asdict(defaults).items()}
+    if not isinstance(saved, dict):
+        kind = type(saved).__name__
+        raise CheckpointError(f"the checkpoint's config is a {kind}, not a dict: not a run of elfatt train")
+    defaults = plain_config(asdict(defaults))
+    return {key: saved.get(key, LEGACY_VALUES.get(key, default)) for key, default in defaults.items()}
 
 
 def check_resume(state: dict[str, Any], config: Any, path: Path) -> int:
@@ -98,7 +97,8 @@ def check_resume(state: dict[str, Any], config: Any, path: Path) -> int:
         CheckpointError: the command differs from the run in anything but :data:`RESUMABLE_CHANGES`, or asks for
             no more epochs than the checkpoint has trained.
     """
-    refusal = changed_options(saved_config(state, type(config)()), asdict(config), RESUMABLE_CHANGES, path)
+    asked = plain_config(asdict(config))
+    refusal = changed_options(saved_config(state, type(config)()), asked, RESUMABLE_CHANGES, path)
     if refusal:
         raise CheckpointError(refusal)
     done = int(state["epoch"]) + 1

@@ -30,6 +30,7 @@ from elfatt._arguments import one_line, writable_folder_error
 from elfatt._csv import write_rows
 from elfatt._memory import peak_rss_mib, reset_peak_rss
 from elfatt._progress import progress_bar
+from elfatt._safe_load import plain_config
 from elfatt.attention import MECHANISMS
 from elfatt.data.cache import cache_dir
 from elfatt.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
@@ -372,11 +373,13 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
                 scaler=scaler.state_dict(),
                 epoch=epoch,
                 history=history,
-                config=asdict(config),
+                config=plain_config(asdict(config)),
             )
-            save_checkpoint(state, config.out / "last.pt")
+            # best.pt first: a kill between the two saves leaves best.pt ahead of last.pt, never behind it, and the
+            # resumed run retrains that epoch and writes both again
             if val_acc > best:
                 save_checkpoint(state, config.out / "best.pt")
+            save_checkpoint(state, config.out / "last.pt")
             _write_log(history, config.out)
         best = max(best, val_acc)
         if setup.world > 1:

@@ -67,6 +67,22 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(data, tmp_p
     (tmp_path / "parts" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint .*; start afresh without --resume"):
         train_diffusion(DiffusionTrainConfig(steps=6, out=tmp_path / "parts", resume=True, **options))
+    marker = tmp_path / "ran"
+    torch.save({"config": _Payload(marker), "step": 2}, tmp_path / "parts" / "last.pt")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*; start afresh without --resume") as refusal:
+        train_diffusion(DiffusionTrainConfig(steps=6, out=tmp_path / "parts", resume=True, **options))
+    assert not marker.exists(), "the checkpoint's pickled code ran"
+    assert "\n" not in str(refusal.value)
+
+
+class _Payload:
+    """Pickles to a call of ``exec``: loading it with ``weights_only=False`` would create ``marker``."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
 def test_samples_depend_on_their_seed_not_on_the_batching(narrow_unet):

@@ -137,8 +137,49 @@ def test_an_unreadable_checkpoint_is_one_line_naming_a_good_one(damage, trained_
     status = main([*CLI_TINY, "--epochs", "2", "--out", str(tmp_path / "next"), "--resume", str(last)])
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1, error
-    assert str(last) in error and f"resume from {run / 'best.pt'} (epoch 1) instead" in error
+    assert str(last) in error and f"other checkpoints in its folder: {run / 'best.pt'}; resume from one" in error
     assert not (tmp_path / "next").exists()
+
+
+class _Payload:
+    """Pickles to a call of ``exec``: loading it with ``weights_only=False`` would create ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def test_pickled_code_in_a_checkpoint_never_runs(trained_run, tmp_path, capsys):
+    """--resume of a file holding pickled code, and a folder whose other checkpoint holds it too: neither runs, the
+    answer is one line, and the neighbour is named, never opened."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil" / "last.pt"
+    evil.parent.mkdir()
+    torch.save({key: _Payload(marker) for key in ("model", "optimizer", "epoch", "config")}, evil)
+    torch.save({"model": _Payload(marker)}, evil.parent / "best.pt")
+    status = main([*CLI_TINY, "--epochs", "2", "--out", str(tmp_path / "next"), "--resume", str(evil)])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1, error
+    assert not marker.exists(), "the checkpoint's pickled code ran"
+    assert str(evil) in error and str(evil.parent / "best.pt") in error
+    (evil.parent / "good.pt").write_bytes((trained_run / "last.pt").read_bytes())
+    evil.write_bytes(b"")
+    assert main([*CLI_TINY, "--epochs", "2", "--out", str(tmp_path / "next"), "--resume", str(evil)]) == 2
+    assert not marker.exists(), "a neighbouring checkpoint was unpickled"
+
+
+def test_a_checkpoint_written_before_plain_configs_still_resumes(trained_run, tmp_path):
+    """Checkpoints saved with pathlib paths in their config (before configs were stored as plain values) load with
+    weights_only=True: paths are the one type allowed beyond tensors, numbers, strings and containers."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["config"] = {key: Path(value) if key in ("out", "data_dir") and value else value
+                       for key, value in state["config"].items()}  # fmt: skip
+    torch.save(state, run / "last.pt")
+    assert main([*CLI_TINY, "--epochs", "2", "--out", str(run), "--resume", str(run / "last.pt")]) == 0
 
 
 def test_an_unreadable_checkpoint_without_a_good_one_says_start_afresh(tmp_path, capsys):

@@ -17,6 +17,7 @@ from elfatt._atomic import atomic_save
 from elfatt._csv import write_rows
 from elfatt._progress import progress_bar
 from elfatt._resume import changed_options
+from elfatt._safe_load import load_weights_only, plain_config
 from elfatt.data.fashion_mnist import fashion_mnist_pixels
 from elfatt.diffusion.fashion.model import (
     NUM_CLASSES,
@@ -97,11 +98,13 @@ def _resume_state(config: DiffusionTrainConfig) -> dict | None:
     if not path.is_file():
         raise ValueError(f"--resume: there is no {path}; start without --resume")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_weights_only(path)
         saved = state["config"]
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        if not isinstance(saved, dict):
+            raise TypeError(f"its config is a {type(saved).__name__}, not a dict")
+    except Exception as error:  # noqa: BLE001 - any unreadable file, pickled code included, gets one line
         raise ValueError(f"cannot read checkpoint {path} ({one_line(error)}); start afresh without --resume") from None
-    refusal = changed_options(saved, asdict(config), RESUMABLE, path)
+    refusal = changed_options(saved, plain_config(asdict(config)), RESUMABLE, path)
     if refusal:
         raise ValueError(refusal)
     if state["step"] >= config.steps:
@@ -180,7 +183,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
                     step=done,
                     log=log,
                     seconds=seconds + time.perf_counter() - began,
-                    config=asdict(config),
+                    config=plain_config(asdict(config)),
                 )
                 atomic_save(checkpoint, config.out / "last.pt")
     ema.copy_to(model.parameters())
