@@ -297,3 +297,33 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(trained_r
     assert "epoch 2: the training loss is nan; training stopped before it reached the weights" in error
     assert f"{run / 'last.pt'} (epoch 1) is left as it was" in error
     assert (run / "last.pt").read_bytes() == before
+
+
+class _Killed(BaseException):
+    """A kill between two saves, as the process sees it: nothing after it runs."""
+
+
+def test_best_never_lags_last_after_a_kill_between_their_saves(tmp_path, monkeypatch):
+    """The run is killed at the save after epoch 2's first one: best.pt still holds the best model of the history
+    that last.pt records, and the resumed run ends with best.pt at the epoch of its best validation accuracy."""
+    out = tmp_path / "run"
+    real_save = loop.save_checkpoint
+    saved_in_epoch_2 = []
+
+    def killed(state, path):
+        if saved_in_epoch_2:
+            raise _Killed
+        if int(state["epoch"]) == 1:
+            saved_in_epoch_2.append(path.name)
+        real_save(state, path)
+
+    monkeypatch.setattr(loop, "save_checkpoint", killed)
+    with pytest.raises(_Killed):
+        train(TrainConfig(epochs=3, out=out, **TINY))
+    best, last = (torch.load(out / name, weights_only=True) for name in ("best.pt", "last.pt"))
+    recorded = [row["val_acc"] for row in last["history"]]
+    assert int(best["epoch"]) >= recorded.index(max(recorded)), (saved_in_epoch_2, recorded)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    history = train(TrainConfig(epochs=3, out=out, resume=out / "last.pt", **TINY))
+    accuracies = [row["val_acc"] for row in history]
+    assert int(torch.load(out / "best.pt", weights_only=True)["epoch"]) == accuracies.index(max(accuracies))
