@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_bytes", "remove_stale_temporaries"]
+__all__ = ["atomic_save", "atomic_write_bytes", "process_runs", "remove_stale_temporaries"]
 
 
 def atomic_save(obj: Any, path: Path, *, mode: int | None = None) -> None:
@@ -60,13 +60,14 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     removed = []
     for temporary in path.parent.glob(f".{path.name}.*.tmp"):
         pid = temporary.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_runs(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_runs(int(pid)):
             temporary.unlink(missing_ok=True)
             removed.append(temporary)
     return removed
 
 
-def _process_runs(pid: int) -> bool:
+def process_runs(pid: int) -> bool:
+    """Whether a process with this pid runs (or exists and is not ours to signal)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -31,7 +31,7 @@ __all__ = [
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "history", "config")
 # What a resumed run may change: where it writes, how long it trains, where it runs, how it loads and reports.
-RESUMABLE_CHANGES = frozenset({"epochs", "out", "resume", "progress", "workers", "device", "data_dir"})
+RESUMABLE_CHANGES = frozenset({"epochs", "out", "resume", "overwrite", "progress", "workers", "device", "data_dir"})
 
 
 class CheckpointError(ValueError):

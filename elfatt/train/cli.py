@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device, default=defaults.device, help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--out", type=output_folder, default=defaults.out, help="checkpoints, log.csv, curves.png")
     parser.add_argument("--resume", type=Path, help="a last.pt to continue from")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run --out holds (its checkpoints)")
     parser.add_argument("--data-dir", type=Path, help="fashion-mnist: the idx files (default: Debian's folder)")
     parser.add_argument(
         "--skip-unreadable-images",

@@ -149,7 +149,8 @@ def _run_dir(out: Path, mechanism: str, seed: int | float) -> Path:
 
 
 def _run_config(base: TrainConfig, out: Path, mechanism: str, seed: int) -> TrainConfig:
-    return replace(base, model=mechanism, seed=seed, out=_run_dir(out, mechanism, seed))
+    """One run of the experiment; asking for a (mechanism, seed) again redoes that run, in its own folder."""
+    return replace(base, model=mechanism, seed=seed, out=_run_dir(out, mechanism, seed), overwrite=True)
 
 
 def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> list[dict]:
@@ -198,8 +199,8 @@ def _comparable(config: dict) -> dict:
 
 
 def _settings(config: dict) -> dict:
-    """What a run's results depend on: its config less where it was written and whether it showed progress."""
-    return {key: value for key, value in config.items() if key not in ("out", "resume", "progress")}
+    """What a run's results depend on: its config less where it was written, how, and whether it showed progress."""
+    return {key: value for key, value in config.items() if key not in ("out", "resume", "overwrite", "progress")}
 
 
 def seeds_label(rows: list[dict]) -> str:

@@ -30,6 +30,7 @@ from elfatt._arguments import one_line, writable_folder_error
 from elfatt._csv import write_rows
 from elfatt._memory import peak_rss_mib, reset_peak_rss
 from elfatt._progress import progress_bar
+from elfatt._run_folder import owned_run_folder
 from elfatt._safe_load import plain_config
 from elfatt.attention import MECHANISMS
 from elfatt.data.cache import cache_dir
@@ -85,11 +86,15 @@ class TrainConfig:
     data_dir: Path | None = None
     out: Path = Path("train-results/run")
     resume: Path | None = None
+    overwrite: bool = False
     progress: bool = True
     # What the training recipe is beyond the options: 1 decayed every parameter, 2 (since) follows the model's
     # no_weight_decay() and leaves biases and norms alone. Checkpoints of another recipe do not resume.
     recipe: int = 2
 
+
+# What a run leaves in its folder that another run must not overwrite unasked.
+CHECKPOINTS = ("last.pt", "best.pt")
 
 # Options that count something and need at least one of it.
 POSITIVE_OPTIONS = ("epochs", "batch_size", "dim", "depth", "heads", "patch", "train_samples", "val_samples")
@@ -298,9 +303,16 @@ def train(config: TrainConfig) -> list[dict]:
 
 def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
     _reset_peak_memory(setup.device)
-    # A checkpoint that cannot be read or does not fit is refused before any data is made.
+    # A checkpoint that cannot be read or does not fit is refused before any data or folder is made.
     state = None if config.resume is None else load_checkpoint(config.resume, setup.device)
     start_epoch = 0 if state is None else check_resume(state, config, config.resume)
+    resuming, overwrite = config.resume is not None, config.overwrite
+    folder = owned_run_folder(config.out, CHECKPOINTS, resume=resuming, overwrite=overwrite) if setup.main else None
+    with folder or contextlib.nullcontext():
+        return _train_in_folder(config, setup, state, start_epoch)
+
+
+def _train_in_folder(config: TrainConfig, setup: _Distributed, state: dict | None, start_epoch: int) -> list[dict]:
     torch.manual_seed(config.seed)
     task = task_of(config)
     model = build_model(

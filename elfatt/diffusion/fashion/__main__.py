@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int_at_least(0), default=defaults.seed)
     train.add_argument("--checkpoint-every", type=positive, default=defaults.checkpoint_every)
     train.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    train.add_argument("--overwrite", action="store_true", help="replace the diffusion model --out holds")
 
     judge = commands.add_parser("classifier", help="train the classifier whose features judge the samples")
     judge_defaults = ClassifierTrainConfig()

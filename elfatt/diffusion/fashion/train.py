@@ -17,6 +17,7 @@ from elfatt._atomic import atomic_save
 from elfatt._csv import write_rows
 from elfatt._progress import progress_bar
 from elfatt._resume import changed_options
+from elfatt._run_folder import owned_run_folder
 from elfatt._safe_load import load_weights_only, plain_config
 from elfatt.data.fashion_mnist import fashion_mnist_pixels
 from elfatt.diffusion.fashion.model import (
@@ -33,7 +34,7 @@ __all__ = ["DiffusionTrainConfig", "ClassifierTrainConfig", "train_diffusion", "
 
 DEFAULT_OUT = Path("results/diffusion-fashion-mnist")
 # Options a resumed run may change; the others must be the checkpoint's.
-RESUMABLE = frozenset({"steps", "out", "resume", "progress", "data_dir", "checkpoint_every"})
+RESUMABLE = frozenset({"steps", "out", "resume", "overwrite", "progress", "data_dir", "checkpoint_every"})
 
 
 @dataclass
@@ -52,6 +53,7 @@ class DiffusionTrainConfig:
     data_dir: Path | None = None
     out: Path = DEFAULT_OUT
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
 
 
@@ -117,12 +119,19 @@ def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
     write ``last.pt`` every ``checkpoint_every`` steps, and at the end ``unet.safetensors`` + ``unet.json`` (the EMA
     weights, what evaluation loads), ``diffusion_log.csv`` and ``diffusion_loss.png`` under ``config.out``.
     Returns the log rows (mean loss per 50 steps)."""
-    from diffusers.training_utils import EMAModel
-
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     state = _resume_state(config)
+    with owned_run_folder(
+        config.out, ("last.pt", "unet.safetensors"), resume=config.resume, overwrite=config.overwrite
+    ):
+        return _train_diffusion(config, state)
+
+
+def _train_diffusion(config: DiffusionTrainConfig, state: dict | None) -> list[dict]:
+    from diffusers.training_utils import EMAModel
+
     images, labels = _training_images(config.data_dir)
     torch.manual_seed(config.seed)
     model = ClassConditionalUNet()
