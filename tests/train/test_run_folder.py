@@ -43,7 +43,9 @@ def test_a_stale_lock_is_taken_over(tmp_path):
         assert tmp_path.joinpath(LOCK_NAME).read_text().strip() == str(os.getpid())
 
 
-@pytest.mark.parametrize("resume, overwrite, allowed", [(False, False, False), (True, False, True), (False, True, True)])
+@pytest.mark.parametrize(
+    "resume, overwrite, allowed", [(False, False, False), (True, False, True), (False, True, True)]
+)
 def test_another_runs_checkpoints_need_resume_or_overwrite(resume, overwrite, allowed, tmp_path):
     (tmp_path / "best.pt").write_bytes(b"a finished run")
     if allowed:
