@@ -36,9 +36,43 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def check_classes(num_classes: object) -> None:
+    """Raise ValueError unless ``num_classes`` is an int >= 0."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0 for no classifier head), got {num_classes!r}")
+
+
+def check_build_args(kwargs: dict[str, Any], levels: int, level_name: str) -> None:
+    """Check a variant's ``num_classes``, ``in_chans`` and ``out_indices`` before anything is built, so that a bad
+    one is named here rather than failing deep in a forward: ``out_indices`` is an int ``n`` (the last ``n`` of the
+    ``levels`` feature levels) or distinct indices in ``[-levels, levels)``, as ``feature_info`` then lists them."""
+    if "num_classes" in kwargs:
+        check_classes(kwargs["num_classes"])
+    in_chans = kwargs.get("in_chans", 3)
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be an int >= 1 (image channels), got {in_chans!r}")
+    out_indices = kwargs.get("out_indices")
+    if out_indices is None:
+        return
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+        if not 1 <= out_indices <= levels:
+            raise ValueError(f"out_indices={out_indices} asks for the last {out_indices} of {levels} {level_name}s")
+        return
+    indices = tuple(out_indices)
+    valid = all(isinstance(i, int) and not isinstance(i, bool) and -levels <= i < levels for i in indices)
+    if not indices or not valid:
+        raise ValueError(
+            f"out_indices {indices} out of range: the model has {levels} {level_name}s, indices 0 to {levels - 1} "
+            f"(or -{levels} to -1)"
+        )
+    if len({i % levels for i in indices}) != len(indices):
+        raise ValueError(f"out_indices {indices} names a {level_name} twice; each feature map is returned once")
+
+
 def new_classifier(num_features: int, num_classes: int, model: nn.Module) -> nn.Module:
     """A freshly initialised linear head (``nn.Identity`` for 0 classes) with the model's device, dtype and mode."""
-    if num_classes <= 0:
+    check_classes(num_classes)
+    if num_classes == 0:
         return nn.Identity().train(model.training)
     reference = next(model.parameters(), None)
     factory = {} if reference is None else dict(device=reference.device, dtype=reference.dtype)
@@ -95,6 +129,7 @@ def build_hierarchical(
     if kwargs.get("block_sizes") is not None and "num_blocks" not in kwargs:
         args = {k: v for k, v in args.items() if k != "num_blocks"}
     kwargs = {**args, **kwargs}
+    check_build_args(kwargs, 4, "stage")
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
         model_cls,

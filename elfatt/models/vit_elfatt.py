@@ -51,7 +51,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 from torch import Tensor
 
-from elfatt.models._backbone import ELFATTBackbone, MapRequest, elfatt_cfg, init_weights
+from elfatt.models._backbone import ELFATTBackbone, MapRequest, check_build_args, elfatt_cfg, init_weights
 from elfatt.models._blocks import ELFATTBlock
 from elfatt.modules import ELFATTAttention
 from elfatt.ops.blocks import BlockSpec, block_from_count, resolve_block
@@ -410,6 +410,7 @@ default_cfgs = generate_default_cfgs(
 
 def _create(variant: str, pretrained: bool, args: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
     # timm's ViTs return the last three blocks' features by default, through forward_intermediates.
+    check_build_args({**args, **kwargs}, int({**args, **kwargs}.get("depth", 12)), "block")
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
         VisionTransformerELFATT,
