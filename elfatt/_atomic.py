@@ -13,7 +13,14 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_bytes", "process_runs", "remove_stale_temporaries"]
+__all__ = [
+    "atomic_save",
+    "atomic_save_figure",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "process_runs",
+    "remove_stale_temporaries",
+]
 
 
 def atomic_save(obj: Any, path: Path, *, mode: int | None = None) -> None:
@@ -27,10 +34,24 @@ def atomic_write_bytes(data: bytes, path: Path, *, mode: int | None = 0o644) -> 
     _write_atomically(lambda file: file.write(data), path, mode)
 
 
+def atomic_write_text(text: str, path: Path) -> None:
+    """``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write_bytes`."""
+    atomic_write_bytes(text.encode(), path)
+
+
+def atomic_save_figure(figure: Any, path: Path, **options: Any) -> None:
+    """A matplotlib ``figure`` saved to ``path`` atomically (its format from the suffix), ``options`` to
+    ``savefig``."""
+    _write_atomically(lambda file: figure.savefig(file, format=path.suffix.lstrip(".") or None, **options), path, 0o644)
+
+
 def _write_atomically(write: Callable[[BinaryIO], object], path: Path, mode: int | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as error:
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
@@ -39,6 +60,15 @@ def _write_atomically(write: Callable[[BinaryIO], object], path: Path, mode: int
         if mode is not None:
             os.chmod(temporary, mode)
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        # named after the file the caller asked for, not the temporary one
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+    except RuntimeError as error:
+        # torch.save's writer turns a failed write (a full disk) into a RuntimeError of its own
+        Path(temporary).unlink(missing_ok=True)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(None, f"writing failed ({reason})", str(path)) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

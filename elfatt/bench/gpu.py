@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from elfatt._atomic import atomic_write_text
+
 __all__ = ["Step", "plan", "main"]
 
 
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = [step for step in steps if step.name in args.steps]
     args.out.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
-        (args.out / "plan.json").write_text(json.dumps([asdict(step) for step in steps], indent=2) + "\n")
+        atomic_write_text(json.dumps([asdict(step) for step in steps], indent=2) + "\n", args.out / "plan.json")
         for step in steps:
             print(f"{step.name} (limit {step.timeout_s} s): {' '.join(step.argv)}")
         print(f"at most {sum(step.timeout_s for step in steps)} s; wrote {args.out / 'plan.json'}")
@@ -110,11 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for step in steps:
         results.append(_run(step, args.out))
         print(f"{step.name}: {results[-1]['ended']} in {results[-1]['seconds']:.0f} s", flush=True)
-    (args.out / "pack.json").write_text(json.dumps(dict(machine=machine, steps=results), indent=2) + "\n")
+    atomic_write_text(json.dumps(dict(machine=machine, steps=results), indent=2) + "\n", args.out / "pack.json")
     lines = [f"GPU evidence pack on {machine['device']}, torch {machine['torch']} (CUDA {machine['cuda']})", ""]
     lines += ["| step | ended | seconds | log |", "|---|---|---|---|"]
     lines += [f"| {r['step']} | {r['ended']} | {r['seconds']:.0f} | {r['log']} |" for r in results]
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text("\n".join(lines) + "\n", args.out / "summary.md")
     return 0 if all(result["returncode"] == 0 for result in results) else 1
 
 

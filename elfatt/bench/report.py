@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from elfatt._atomic import atomic_save_figure, atomic_write_text
 from elfatt._csv import write_rows
 from elfatt.bench.runner import BenchConfig, Row
 
@@ -115,7 +116,7 @@ def write_json(rows: Sequence[Row], config: BenchConfig, machine: dict, memory: 
         "memory_method": memory,
         "rows": [r.as_dict() for r in rows],
     }
-    path.write_text(json.dumps(payload, indent=2))
+    atomic_write_text(json.dumps(payload, indent=2), path)
 
 
 def write_markdown(rows: Sequence[Row], machine: dict, path: Path) -> None:
@@ -140,7 +141,7 @@ def write_markdown(rows: Sequence[Row], machine: dict, path: Path) -> None:
             name = f"**{mechanism}**" if mechanism.startswith("elfatt") else mechanism
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    path.write_text("\n".join(lines))
+    atomic_write_text("\n".join(lines), path)
 
 
 def _x_value(row: Row) -> int:
@@ -188,7 +189,7 @@ def write_plots(rows: Sequence[Row], machine: dict, out_dir: Path) -> list[Path]
         figure.suptitle(f"elfatt bench: {level} level on {where}, torch {machine['torch']}", fontsize=11)
         figure.tight_layout()
         path = out_dir / f"{level}_level.png"
-        figure.savefig(path, dpi=110)
+        atomic_save_figure(figure, path, dpi=110)
         plt.close(figure)
         written.append(path)
     return written

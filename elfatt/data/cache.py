@@ -94,5 +94,8 @@ def cached(
     if not isinstance(data, dict) or not all(isinstance(value, Tensor) for value in data.values()):
         raise TypeError(f"build must return a dict of tensors, got {type(data).__name__}")
     # The cache is as readable as any other file, not private as mkstemp makes it.
-    atomic_save(dict(tensors=data, sha256=checksum(data)), path, mode=0o644)
+    try:
+        atomic_save(dict(tensors=data, sha256=checksum(data)), path, mode=0o644)
+    except (OSError, RuntimeError) as error:  # a full disk or a read-only cache: the data is in memory, go on
+        print(f"elfatt: could not cache the {name} data set ({one_line(error)}); going on without", file=sys.stderr)
     return data

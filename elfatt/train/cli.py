@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ImportError) as error:
         print(f"elfatt train: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a read-only --out: the file is named, what was saved stays whole
+        print(f"elfatt train: error: {one_line(error)}", file=sys.stderr)
+        return 1
     except TrainingStopped as error:
         print(f"elfatt train: error: {one_line(error)}", file=sys.stderr)
         return 1

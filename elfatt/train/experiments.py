@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from elfatt._atomic import atomic_save_figure, atomic_write_text
 from elfatt._csv import write_rows
 from elfatt.attention.registry import MECHANISMS as MECHANISM_REGISTRY
 from elfatt.train.checkpoint import CheckpointError, load_checkpoint, saved_config
@@ -190,7 +191,7 @@ def _run_record(run: Path) -> tuple[dict, int] | None:
 
 def _write_run_record(run: Path, config: dict, epochs_trained: int) -> None:
     record = dict(settings=_comparable(config), epochs_trained=epochs_trained)
-    (run / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", run / "run.json")
 
 
 def _comparable(config: dict) -> dict:
@@ -273,7 +274,7 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
         ]
     lines += ["", "Mechanisms (`elfatt.attention.MECHANISMS`):", ""]
     lines += [f"- `{name}`: {MECHANISM_REGISTRY[name].summary}" for name, *_ in summary if name in MECHANISM_REGISTRY]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text("\n".join(lines) + "\n", out / "summary.md")
     title = f"{task}: same model, different attention ({seeds_label(rows)})"
     _plot(rows, [entry[:3] for entry in summary], out, title, measure)
     if tested:
@@ -310,7 +311,7 @@ def _plot_frontier(summary: list[tuple[str, float, float, float]], out: Path, ti
     axes.grid(True, which="both", alpha=0.3)
     axes.set_title(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(out / "accuracy_vs_throughput.png", dpi=100)
+    atomic_save_figure(figure, out / "accuracy_vs_throughput.png", dpi=100)
     plt.close(figure)
 
 
@@ -347,7 +348,7 @@ def _plot(rows: list[dict], summary: list[tuple[str, float, float]], out: Path, 
     curves.legend()
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(out / "accuracy.png", dpi=100)
+    atomic_save_figure(figure, out / "accuracy.png", dpi=100)
     plt.close(figure)
 
 

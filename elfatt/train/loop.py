@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from elfatt._arguments import one_line, writable_folder_error
+from elfatt._atomic import atomic_save_figure, atomic_write_text
 from elfatt._csv import write_rows
 from elfatt._memory import peak_rss_mib, reset_peak_rss
 from elfatt._progress import progress_bar
@@ -34,7 +35,7 @@ from elfatt._run_folder import owned_run_folder
 from elfatt._safe_load import plain_config
 from elfatt.attention import MECHANISMS
 from elfatt.data.cache import cache_dir
-from elfatt.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
+from elfatt.train.checkpoint import CheckpointError, check_resume, load_checkpoint, save_checkpoint
 from elfatt.train.model import build_model
 from elfatt.train.tasks import Task, build_task, check_task_name, image_side, is_generated
 
@@ -334,10 +335,13 @@ def _train_in_folder(config: TrainConfig, setup: _Distributed, state: dict | Non
     scaler = torch.amp.GradScaler(setup.device.type, enabled=config.amp and setup.device.type == "cuda")
     history: list[dict] = []
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{config.resume} does not fit this run's model ({one_line(error)})") from None
         history = state["history"]
     config.out.mkdir(parents=True, exist_ok=True)
     best = max((row["val_acc"] for row in history), default=-1.0)
@@ -423,7 +427,7 @@ def _evaluate_on_test(model: nn.Module, ddp_model: nn.Module, test: Dataset, set
             test_loss=loss, test_acc=accuracy, test_images=len(test), images_per_s=len(shard) * setup.world / seconds
         )
     if setup.main:
-        (config.out / "test.json").write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(json.dumps(results, indent=2) + "\n", config.out / "test.json")
         final, chosen = results["final"], results["best_val"]
         print(
             f"test ({len(test)} images): final model acc {final['test_acc']:.4f}, best-val model (epoch "
@@ -469,5 +473,5 @@ def _write_log(history: list[dict], out: Path) -> None:
         ax.legend()
     figure.suptitle(out.name)
     figure.tight_layout()
-    figure.savefig(out / "curves.png", dpi=100)
+    atomic_save_figure(figure, out / "curves.png", dpi=100)
     plt.close(figure)

@@ -327,3 +327,15 @@ def test_best_never_lags_last_after_a_kill_between_their_saves(tmp_path, monkeyp
     history = train(TrainConfig(epochs=3, out=out, resume=out / "last.pt", **TINY))
     accuracies = [row["val_acc"] for row in history]
     assert int(torch.load(out / "best.pt", weights_only=True)["epoch"]) == accuracies.index(max(accuracies))
+
+
+def test_a_checkpoint_of_another_shape_is_one_line(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.zeros(7, 3)
+    torch.save(state, run / "last.pt")
+    status = main([*CLI_TINY, "--epochs", "2", "--out", str(run), "--resume", str(run / "last.pt")])
+    error = capsys.readouterr().err
+    assert status == 2 and error.count("\n") == 1 and "does not fit this run's model" in error, error

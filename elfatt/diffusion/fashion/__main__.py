@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{len(rows) - 1} settings; wrote {args.out}/quality.csv, quality.md, samples.png")
     except ValueError as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    except OSError as error:  # a full disk, a read-only --out: the file is named, what was saved stays whole
+        parser.exit(1, f"{parser.prog} {args.command}: error: {error}\n")
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from elfatt._atomic import atomic_save_figure, atomic_write_text
 from elfatt._csv import write_rows
 from elfatt._progress import progress_bar
 from elfatt.data.fashion_mnist import CLASSES, fashion_mnist_pixels
@@ -238,7 +239,7 @@ def _write_summary(rows: list[dict], config: EvaluationConfig, judge: dict) -> N
         )
     lines += ["", "Settings:", ""]
     lines += [f"- {row['setting']}: {row['options']}" for row in rows[1:]]
-    (config.out / "quality.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text("\n".join(lines) + "\n", config.out / "quality.md")
 
 
 def _save_grid(samples: dict[str, Tensor], labels: Tensor, columns: int, path: Path) -> None:
@@ -263,5 +264,5 @@ def _save_grid(samples: dict[str, Tensor], labels: Tensor, columns: int, path: P
             if row == 0:
                 axis.set_title(CLASSES[int(labels[column])], fontsize=6)
     figure.tight_layout(pad=0.2)
-    figure.savefig(path, dpi=110)
+    atomic_save_figure(figure, path, dpi=110)
     plt.close(figure)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from elfatt._arguments import one_line
-from elfatt._atomic import atomic_save
+from elfatt._atomic import atomic_save, atomic_save_figure
 from elfatt._csv import write_rows
 from elfatt._progress import progress_bar
 from elfatt._resume import changed_options
@@ -144,11 +144,17 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None) -> list[d
     log: list[dict] = []
     start_step, seconds = 0, 0.0
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_step, log, seconds = state["step"], state["log"], state["seconds"]
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_step, log, seconds = state["step"], state["log"], state["seconds"]
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            path = config.out / "last.pt"
+            raise ValueError(
+                f"{path} does not fit this model ({one_line(error)}); start afresh without --resume"
+            ) from None
     model.train()
     losses: list[float] = []
     with progress_bar(config.progress, remaining=True) as progress:
@@ -233,7 +239,7 @@ def _plot_loss(log: list[dict], path: Path) -> None:
     axes.set_yscale("log")
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    atomic_save_figure(figure, path, dpi=100)
     plt.close(figure)
 
 
