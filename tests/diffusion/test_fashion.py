@@ -67,6 +67,13 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(data, tmp_p
     (tmp_path / "parts" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint .*; start afresh without --resume"):
         train_diffusion(DiffusionTrainConfig(steps=6, out=tmp_path / "parts", resume=True, **options))
+    state = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.zeros(7, 3)
+    state["step"] = 2
+    torch.save(state, tmp_path / "parts" / "last.pt")
+    with pytest.raises(ValueError, match="does not fit this model .*; start afresh without --resume"):
+        train_diffusion(DiffusionTrainConfig(steps=6, out=tmp_path / "parts", resume=True, **options))
     marker = tmp_path / "ran"
     torch.save({"config": _Payload(marker), "step": 2}, tmp_path / "parts" / "last.pt")
     with pytest.raises(ValueError, match="cannot read checkpoint .*; start afresh without --resume") as refusal:
