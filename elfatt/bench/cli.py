@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from elfatt._arguments import OneLineErrorParser
@@ -60,16 +63,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip a cell predicted to take longer (s), 0: never skip",
     )
     parser.add_argument("--out", type=output_folder, default=Path("bench-results"), help="output directory")
+    parser.add_argument("--resume", action="store_true", help="continue a partial run in --out (same options)")
+    parser.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("OLD", "NEW"), help="compare two runs' folders instead of running"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed ``args``; returns the exit status."""
     from rich.console import Console
 
+    from elfatt._atomic import atomic_write_text
     from elfatt._progress import progress_bar
     from elfatt.bench.measure import memory_method
     from elfatt.bench.report import machine_info, print_tables, write_csv, write_json, write_markdown, write_plots
-    from elfatt.bench.runner import BenchConfig, add_ratios, iterate, plan_cells
+    from elfatt.bench.runner import BenchConfig, add_ratios, cell_key, iterate, plan_cells
+
+    if args.compare:
+        from elfatt.bench.compare import compare_runs
+
+        return compare_runs(*args.compare)
 
     on_gpu = args.device.startswith("cuda")
     config = BenchConfig(
@@ -103,21 +116,34 @@ def run(args: argparse.Namespace) -> int:
     if console.width < 150:
         console = Console(width=150)
     machine = machine_info(config.device)
+    try:
+        earlier = _earlier_rows(args.out, config) if args.resume else []
+    except ValueError as error:
+        print(f"elfatt bench: error: {error}", file=sys.stderr)
+        return 2
+    atomic_write_text(json.dumps(dict(config=asdict(config)), indent=2, default=str) + "\n", args.out / "run.json")
     console.print(
         f"[bold]elfatt bench[/] on {machine['gpu'] or machine['cpu']} ({machine['torch_threads']} threads), "
         f"torch {machine['torch']}, {config.dtype}{', compiled' if config.compile else ''}"
     )
-    rows = []
-    with progress_bar(console=console, transient=True) as progress:
-        task = progress.add_task("starting", total=len(plan_cells(config)))
-        for cell, row in iterate(config):
-            rows.append(row)
-            progress.update(
-                task, advance=1, description=f"{cell.level} {cell.size_label} {cell.run_pass} {cell.mechanism}"
-            )
+    rows = list(earlier)
+    done = frozenset(cell_key(row.level, row.mechanism, row.size, row.run_pass) for row in earlier)
+    interrupted = False
+    try:
+        with progress_bar(console=console, transient=True) as progress:
+            task = progress.add_task("starting", total=len(plan_cells(config)), completed=len(done))
+            for group in iterate(config, done):
+                rows.extend(group)
+                write_csv(rows, args.out / "results.csv")
+                first = group[0]
+                progress.update(task, advance=len(group), description=f"{first.level} {first.size} {first.run_pass}")
+    except KeyboardInterrupt:
+        interrupted = True
+    if not rows:
+        console.print("interrupted before any cell was measured; nothing written")
+        return 130
     add_ratios(rows)
     print_tables(rows, console)
-    args.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.out / "results.csv")
     write_json(rows, config, machine, memory_method(torch.device(config.device)), args.out / "results.json")
     write_markdown(rows, machine, args.out / "summary.md")
@@ -125,7 +151,44 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"memory: {memory_method(torch.device(config.device))}")
     written = [args.out / name for name in ("results.csv", "results.json", "summary.md")] + plots
     console.print("wrote " + ", ".join(map(str, written)))
+    load = load_note()
+    if load:
+        console.print(load)
+    if interrupted:
+        console.print(f"interrupted: kept {len(rows)} cells; `elfatt bench --resume` with the same options continues")
+        return 130
     return 0
+
+
+def _earlier_rows(out: Path, config: object) -> list:
+    """The rows of a partial run in ``out`` to continue, checked to be of the same options."""
+    from elfatt.bench.report import read_rows
+
+    record, results = out / "run.json", out / "results.csv"
+    if not record.is_file() or not results.is_file():
+        raise ValueError(f"--resume: {out} holds no partial run (run.json and results.csv)")
+    saved = json.loads(record.read_text()).get("config")
+    asked = json.loads(json.dumps(asdict(config), default=str))
+    if saved != asked:
+        changed = sorted(key for key in asked if saved is None or saved.get(key) != asked[key])
+        raise ValueError(f"--resume: {out} was run with other options ({', '.join(changed)}); pass the same ones")
+    return read_rows(results)
+
+
+def load_note() -> str | None:
+    """One line on the machine's load when it was high at the end of the run (1-minute load average above half
+    the cores, or other processes busy), else None."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    cores = os.cpu_count() or 1
+    if load <= cores / 2:
+        return None
+    return (
+        f"note: the machine was busy (load average {load:.1f} on {cores} cores at the end): cells marked ~ were "
+        "unsteady; compare ratios, or run again on a quiet machine"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

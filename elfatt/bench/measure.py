@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -125,18 +126,23 @@ def time_call(
 
 
 def round_robin_timings(
-    calls: Mapping[str, Callable[[], object]],
+    calls: Mapping[Any, Callable[[], object]],
     device: torch.device,
     rounds: int,
     advance: Callable[[], object] | None = None,
-) -> dict[str, Timing]:
+    *,
+    budget_s: float = float("inf"),
+) -> dict[Any, Timing]:
     """Milliseconds of each call over ``rounds`` rounds (median and quartiles), each round every call once, in turn,
     after one warm-up call each: a noisy machine slows them alike, so their ratios hold. ``advance`` runs after
-    each round (a progress bar's)."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    each round (a progress bar's). Rounds stop early once they have taken ``budget_s`` and at least 3 were made."""
+    times: dict[Any, list[float]] = {name: [] for name in calls}
     for fn in calls.values():
         fn()
-    for _ in range(rounds):
+    began = time.perf_counter()
+    for done in range(rounds):
+        if done >= 3 and time.perf_counter() - began >= budget_s:
+            break
         for name, fn in calls.items():
             _synchronize(device)
             start_s = time.perf_counter()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def rows_table(rows: Sequence[Row], level: str, run_pass: str) -> Table:
         "mechanism",
         "median ms",
         "p25-p75 ms",
+        "spread",
         unit,
         "peak MiB",
         "GFLOPs",
@@ -80,8 +82,9 @@ def rows_table(rows: Sequence[Row], level: str, run_pass: str) -> Table:
             row.size,
             str(row.tokens),
             row.mechanism,
-            _fmt(row.median_ms, ".2f"),
+            _fmt(row.median_ms, ".2f") + _unstable_mark(row),
             f"{_fmt(row.p25_ms, '.1f')}-{_fmt(row.p75_ms, '.1f')}",
+            "-" if row.spread is None else f"{row.spread:.0%}",
             _fmt(throughput, ".2f"),
             _fmt(row.peak_mib, ".1f"),
             _fmt(row.gflops, ".2f"),
@@ -93,6 +96,38 @@ def rows_table(rows: Sequence[Row], level: str, run_pass: str) -> Table:
     return table
 
 
+UNSTABLE_NOTE = "`~`: unstable, spread (IQR / median) above 10% after a second measurement"
+
+
+def _unstable_mark(row: Row) -> str:
+    return "~" if row.stable is False else ""
+
+
+def read_rows(path: Path) -> list[Row]:
+    """The rows of a ``results.csv`` written by :func:`write_csv`, with their types back."""
+    names = {field.name: field.type for field in fields(Row)}
+    rows = []
+    with path.open(newline="") as handle:
+        for record in csv.DictReader(handle):
+            values = {}
+            for name, text in record.items():
+                if name not in names:
+                    continue
+                kind = str(names[name])
+                if text == "":
+                    values[name] = None if "None" in kind else text
+                elif kind.startswith("int"):
+                    values[name] = int(text)
+                elif kind.startswith("float"):
+                    values[name] = float(text)
+                elif kind.startswith("bool"):
+                    values[name] = text == "True"
+                else:
+                    values[name] = text
+            rows.append(Row(**values))
+    return rows
+
+
 def print_tables(rows: Sequence[Row], console: Console) -> None:
     """Print one table per (level, pass) present in ``rows``."""
     seen = []
@@ -101,6 +136,8 @@ def print_tables(rows: Sequence[Row], console: Console) -> None:
             seen.append((row.level, row.run_pass))
     for level, run_pass in seen:
         console.print(rows_table(rows, level, run_pass))
+    if any(row.stable is False for row in rows):
+        console.print(UNSTABLE_NOTE)
 
 
 def write_csv(rows: Sequence[Row], path: Path) -> None:
@@ -126,7 +163,7 @@ def write_markdown(rows: Sequence[Row], machine: dict, path: Path) -> None:
     for level, run_pass in dict.fromkeys((row.level, row.run_pass) for row in rows):
         selected = [row for row in rows if row.level == level and row.run_pass == run_pass]
         sizes = list(dict.fromkeys(row.size for row in selected))
-        lines += [f"**{level} level, {run_pass}**: median ms (speedup vs SDPA / vs vanilla)", ""]
+        lines += [f"**{level} level, {run_pass}**: median ms (speedup vs SDPA / vs vanilla); {UNSTABLE_NOTE}", ""]
         lines += ["| mechanism | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]
         for mechanism in dict.fromkeys(row.mechanism for row in selected):
             cells = []
@@ -135,9 +172,8 @@ def write_markdown(rows: Sequence[Row], machine: dict, path: Path) -> None:
                 if row is None or row.median_ms is None:
                     cells.append("-" if row is None else row.status)
                     continue
-                cells.append(
-                    f"{row.median_ms:.1f} ({_fmt(row.speedup_vs_sdpa, '.2f')} / {_fmt(row.speedup_vs_vanilla, '.2f')})"
-                )
+                speedups = f"{_fmt(row.speedup_vs_sdpa, '.2f')} / {_fmt(row.speedup_vs_vanilla, '.2f')}"
+                cells.append(f"{row.median_ms:.1f}{_unstable_mark(row)} ({speedups})")
             name = f"**{mechanism}**" if mechanism.startswith("elfatt") else mechanism
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -175,6 +211,9 @@ def write_plots(rows: Sequence[Row], machine: dict, out_dir: Path) -> list[Path]
                 style = dict(color=colour, marker="o" if ours else ".", linewidth=2.5 if ours else 1.2, label=mechanism)
                 xs = [_x_value(r) for r in points]
                 latency_ax.plot(xs, [r.median_ms for r in points], **style)
+                unstable = [(_x_value(r), r.median_ms) for r in points if r.stable is False and r.median_ms]
+                if unstable:
+                    latency_ax.scatter(*zip(*unstable, strict=True), s=120, facecolors="none", edgecolors="red")
                 memory = [(_x_value(r), r.peak_mib) for r in points if r.peak_mib]
                 if memory:
                     memory_ax.plot(*zip(*memory, strict=True), **style)
@@ -185,7 +224,7 @@ def write_plots(rows: Sequence[Row], machine: dict, out_dir: Path) -> list[Path]
                 ax.set_ylabel(what)
                 ax.set_title(f"{level} level, {run_pass}")
                 ax.grid(True, which="both", alpha=0.3)
-            latency_ax.legend(fontsize=8)
+            latency_ax.legend(fontsize=8, title="red ring: unstable (spread > 10%)", title_fontsize=7)
         figure.suptitle(f"elfatt bench: {level} level on {where}, torch {machine['torch']}", fontsize=11)
         figure.tight_layout()
         path = out_dir / f"{level}_level.png"

@@ -11,7 +11,14 @@ from torch import nn
 
 from elfatt.attention import MECHANISMS, build_attention, check_mechanisms
 from elfatt.bench.backbone_models import build_backbone, check_backbones, default_backbones
-from elfatt.bench.measure import count_flops, earlier_objects_out_of_collection, peak_memory_mib, time_call
+from elfatt.bench.measure import (
+    Timing,
+    count_flops,
+    earlier_objects_out_of_collection,
+    peak_memory_mib,
+    round_robin_timings,
+)
+from elfatt.bench.memory_bound import available_mib, estimate_mib
 from elfatt.bench.models import VIT_LAYOUTS, AttentionViT, check_resolution
 
 __all__ = [
@@ -21,7 +28,12 @@ __all__ = [
     "plan_cells",
     "build_cell",
     "cell_step",
-    "run_cell",
+    "prepare_cell",
+    "time_side_by_side",
+    "plan_groups",
+    "cell_key",
+    "iterate",
+    "UNSTABLE_SPREAD",
     "add_ratios",
     "DTYPES",
     "DEFAULT_BENCH_MECHANISMS",
@@ -125,6 +137,8 @@ class Row:
     median_ms: float | None = None
     p25_ms: float | None = None
     p75_ms: float | None = None
+    spread: float | None = None
+    stable: bool | None = None
     throughput: float | None = None
     throughput_unit: str = ""
     peak_mib: float | None = None
@@ -208,39 +222,80 @@ def cell_step(
     return forward_backward
 
 
-def run_cell(cell: Cell, config: BenchConfig) -> Row:
-    """Measure one cell: latency, peak memory and FLOPs; errors (out of memory, say) become the row's status."""
+# A cell whose spread (IQR / median over its rounds) is above this is measured again, then marked unstable: the
+# threshold pyperf and torch.utils.benchmark use.
+UNSTABLE_SPREAD = 0.10
+# Rounds stop after this many seconds of a group, once at least this many were made (quartiles need a few).
+MIN_ROUNDS = 3
+
+
+def _blank_row(cell: Cell, config: BenchConfig, status: str = "ok") -> Row:
+    return Row(
+        cell.level, cell.mechanism, cell.size_label, cell.tokens, cell.run_pass, config.batch, config.dtype, status
+    )
+
+
+def _autocast(config: BenchConfig) -> Callable[[], contextlib.AbstractContextManager]:
     device = torch.device(config.device)
-    row = Row(cell.level, cell.mechanism, cell.size_label, cell.tokens, cell.run_pass, config.batch, config.dtype)
-    dtype = DTYPES[config.dtype]
 
     def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=dtype) if config.dtype != "fp32" else contextlib.nullcontext()
+        if config.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=DTYPES[config.dtype])
 
+    return autocast
+
+
+def prepare_cell(cell: Cell, config: BenchConfig) -> tuple[Row, Callable[[], None] | None]:
+    """Build a cell, count its FLOPs, warm it up and take its peak memory; its step, or None where building or
+    running it failed (out of memory, say: the row's status says so)."""
+    device = torch.device(config.device)
+    row = _blank_row(cell, config)
     try:
         module, inputs = build_cell(cell, config, device)
         flops = count_flops(module, inputs, backward=cell.run_pass == "fwd+bwd")
         row.gflops = None if flops is None else flops / 1e9
         runnable = torch.compile(module) if config.compile else module
-        step = cell_step(runnable, inputs, cell.run_pass, autocast)
+        step = cell_step(runnable, inputs, cell.run_pass, _autocast(config))
         for _ in range(max(config.warmup, 1 if config.compile else 0)):
             step()
         row.peak_mib = peak_memory_mib(step, device)
-        timing = time_call(step, device, warmup=0, repeats=config.repeats, budget_s=config.repeat_budget_s)
-        row.median_ms, row.p25_ms, row.p75_ms = timing.median_ms, timing.p25_ms, timing.p75_ms
-        per_second = 1e3 / timing.median_ms
-        if cell.level == "op":
-            row.throughput, row.throughput_unit = config.batch * cell.tokens * per_second, "tokens/s"
-        else:
-            row.throughput, row.throughput_unit = config.batch * per_second, "images/s"
+        return row, step
     except torch.OutOfMemoryError:
         row.status = "out of memory"
     except RuntimeError as error:
         row.status = "error: " + (str(error).splitlines() or [type(error).__name__])[0][:120]
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return row
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row, None
+
+
+def _fill_timing(row: Row, cell: Cell, config: BenchConfig, timing: Timing) -> None:
+    row.median_ms, row.p25_ms, row.p75_ms = timing.median_ms, timing.p25_ms, timing.p75_ms
+    row.spread = (timing.p75_ms - timing.p25_ms) / timing.median_ms
+    per_second = 1e3 / timing.median_ms
+    if cell.level == "op":
+        row.throughput, row.throughput_unit = config.batch * cell.tokens * per_second, "tokens/s"
+    else:
+        row.throughput, row.throughput_unit = config.batch * per_second, "images/s"
+
+
+def time_side_by_side(steps: dict[Cell, Callable[[], None]], config: BenchConfig) -> dict[Cell, Timing]:
+    """The cells of one group timed in interleaved rounds, each cell once per round in turn, so that a disturbance
+    slows them alike and their ratios come from the same minutes; once more if any cell's spread is above
+    :data:`UNSTABLE_SPREAD`, keeping the steadier measurement of each."""
+    device = torch.device(config.device)
+    rounds = max(config.repeats, MIN_ROUNDS)
+    timings = round_robin_timings(steps, device, rounds, budget_s=config.repeat_budget_s * len(steps))
+    unsteady = [cell for cell, timing in timings.items() if _spread(timing) > UNSTABLE_SPREAD]
+    if unsteady:
+        again = round_robin_timings(steps, device, rounds, budget_s=config.repeat_budget_s * len(steps))
+        timings = {cell: min(timings[cell], again[cell], key=_spread) for cell in steps}
+    return timings
+
+
+def _spread(timing: Timing) -> float:
+    return (timing.p75_ms - timing.p25_ms) / timing.median_ms
 
 
 def add_ratios(rows: list[Row]) -> None:
@@ -257,34 +312,58 @@ def add_ratios(rows: list[Row]) -> None:
             setattr(row, attribute, None if reference is None else reference / row.median_ms)
 
 
-def iterate(config: BenchConfig) -> Iterator[tuple[Cell, Row]]:
-    """Run the planned cells in order, yielding each with its row.
+def plan_groups(config: BenchConfig) -> list[list[Cell]]:
+    """The planned cells in groups measured side by side: every mechanism at one level, size and pass."""
+    groups: dict[tuple[str, str, str], list[Cell]] = {}
+    for cell in plan_cells(config):
+        groups.setdefault((cell.level, cell.size_label, cell.run_pass), []).append(cell)
+    return list(groups.values())
 
-    A cell whose time, extrapolated quadratically in tokens from the same mechanism's last size, would pass
-    ``config.cell_budget_s`` is skipped, with the prediction in its status.
+
+def cell_key(level: str, mechanism: str, size: str, run_pass: str) -> tuple[str, str, str, str]:
+    """What names a cell in results.csv (for --resume and --compare)."""
+    return level, mechanism, size, run_pass
+
+
+def iterate(config: BenchConfig, done: frozenset[tuple[str, str, str, str]] = frozenset()) -> Iterator[list[Row]]:
+    """Measure the planned cells group by group (:func:`plan_groups`), yielding each group's rows as it finishes.
+
+    Cells in ``done`` (by :func:`cell_key`) are left out. A cell that would not fit in the memory available
+    (:func:`~elfatt.bench.memory_bound.estimate_mib`) is skipped with the estimate in its status, before anything
+    is allocated. A cell whose time, extrapolated quadratically in tokens from the same mechanism's last measurement
+    (its median, or its lower quartile where it was unsteady, never a disturbed figure), would pass
+    ``config.cell_budget_s`` is skipped with the prediction.
     """
     last: dict[tuple[str, str, str], tuple[int, float]] = {}
-    calls = config.warmup + 1 + min(config.repeats, 3)
+    calls = config.warmup + 1 + MIN_ROUNDS
+    available = available_mib(torch.device(config.device))
     with earlier_objects_out_of_collection():
-        for cell in plan_cells(config):
-            key = (cell.level, cell.mechanism, cell.run_pass)
-            if config.cell_budget_s and key in last:
-                tokens, median_ms = last[key]
-                predicted_s = median_ms / 1e3 * (cell.tokens / tokens) ** 2 * calls
-                if predicted_s > config.cell_budget_s:
-                    row = Row(
-                        cell.level,
-                        cell.mechanism,
-                        cell.size_label,
-                        cell.tokens,
-                        cell.run_pass,
-                        config.batch,
-                        config.dtype,
-                        status=f"skipped (~{predicted_s:.0f}s > budget)",
-                    )
-                    yield cell, row
+        for group in plan_groups(config):
+            rows: dict[Cell, Row] = {}
+            steps: dict[Cell, Callable[[], None]] = {}
+            for cell in group:
+                if cell_key(cell.level, cell.mechanism, cell.size_label, cell.run_pass) in done:
                     continue
-            row = run_cell(cell, config)
-            if row.median_ms:
-                last[key] = (cell.tokens, row.median_ms)
-            yield cell, row
+                need = estimate_mib(cell, config)
+                key = (cell.level, cell.mechanism, cell.run_pass)
+                if available is not None and need > available:
+                    rows[cell] = _blank_row(cell, config, f"skipped (needs ~{need:.0f} MiB, {available:.0f} available)")
+                elif config.cell_budget_s and key in last:
+                    tokens, median_ms = last[key]
+                    predicted_s = median_ms / 1e3 * (cell.tokens / tokens) ** 2 * calls
+                    if predicted_s > config.cell_budget_s:
+                        rows[cell] = _blank_row(cell, config, f"skipped (~{predicted_s:.0f}s > budget)")
+                if cell not in rows:
+                    rows[cell], step = prepare_cell(cell, config)
+                    if step is not None:
+                        steps[cell] = step
+            if steps:
+                for cell, timing in time_side_by_side(steps, config).items():
+                    _fill_timing(rows[cell], cell, config, timing)
+                    rows[cell].stable = rows[cell].spread <= UNSTABLE_SPREAD
+                    # a disturbance only adds time: an unsteady cell predicts from its lower quartile
+                    undisturbed = timing.median_ms if rows[cell].stable else timing.p25_ms
+                    last[(cell.level, cell.mechanism, cell.run_pass)] = (cell.tokens, undisturbed)
+            steps.clear()
+            if rows:
+                yield [rows[cell] for cell in group if cell in rows]

@@ -85,3 +85,51 @@ def test_backbone_speedups_are_ratios_to_the_reference_in_the_same_run(tmp_path)
     assert reference["model"] == "timm:vit_small_patch16_224" and float(reference["speedup_64"]) == 1.0
     expected = float(reference["fwd_ms_64"]) / float(ours["fwd_ms_64"])
     assert float(ours["speedup_64"]) == pytest.approx(expected)
+
+
+TINY = ["--levels", "op", "--sides", "4", "6", "--passes", "fwd", "--mechanisms", "sdpa", "elfatt", "--repeats", "3"]
+
+
+def test_ctrl_c_keeps_the_rows_so_far_and_resume_continues(tmp_path, monkeypatch, capsys):
+    import elfatt.bench.runner as runner
+
+    out = tmp_path / "bench"
+    real_iterate = runner.iterate
+
+    def interrupted(config, done=frozenset()):
+        for number, group in enumerate(real_iterate(config, done)):
+            if number == 1:
+                raise KeyboardInterrupt
+            yield group
+
+    monkeypatch.setattr(runner, "iterate", interrupted)
+    assert main([*TINY, "--out", str(out)]) == 130
+    assert "interrupted: kept 2 cells" in capsys.readouterr().out
+    with (out / "results.csv").open() as handle:
+        assert [row["size"] for row in csv.DictReader(handle)] == ["4x4", "4x4"]
+    assert (out / "summary.md").is_file()
+    monkeypatch.setattr(runner, "iterate", real_iterate)
+    assert main([*TINY, "--out", str(out), "--resume"]) == 0
+    with (out / "results.csv").open() as handle:
+        assert [row["size"] for row in csv.DictReader(handle)] == ["4x4", "4x4", "6x6", "6x6"]
+    assert main([*TINY[:-1], "4", "--out", str(out), "--resume"]) == 2
+    assert "other options (repeats)" in capsys.readouterr().err
+
+
+def test_compare_marks_changes_beyond_the_noise(tmp_path, capsys):
+    from elfatt.bench.compare import change_rows
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder, elfatt_ms in ((old, 2.0), (new, 1.0)):
+        folder.mkdir()
+        header = "level,mechanism,size,tokens,run_pass,batch,dtype,status,median_ms,spread,speedup_vs_sdpa\n"
+        lines = [
+            "op,sdpa,8x8,64,fwd,1,fp32,ok,4.0,0.02,1.0\n",
+            f"op,elfatt,8x8,64,fwd,1,fp32,ok,{elfatt_ms},0.03,{4.0 / elfatt_ms}\n",
+        ]
+        (folder / "results.csv").write_text(header + "".join(lines))
+    (change,) = change_rows(old, new)
+    assert change["change"] == 2.0 and change["beyond_noise"] and abs(change["noise"] - 0.1) < 1e-9
+    assert main(["--compare", str(old), str(new)]) == 0
+    assert "| op | elfatt | 8x8 | fwd | 2.00x | 4.00x | 2.00x * |" in capsys.readouterr().out
+    assert main(["--compare", str(old), str(tmp_path / "none")]) == 2

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from elfatt.bench.measure import (
+    Timing,
     count_flops,
     earlier_objects_out_of_collection,
     memory_method,
@@ -84,13 +85,61 @@ def test_cells_predicted_over_budget_are_skipped():
     config = BenchConfig(
         levels=("op",),
         mechanisms=("vanilla",),
-        sides=(4, 400),
+        sides=(4, 40),
         dim=8,
         heads=2,
         repeats=1,
         passes=("fwd",),
         cell_budget_s=1e-3,
     )
-    rows = [row for _, row in iterate(config)]
+    rows = [row for group in iterate(config) for row in group]
     assert rows[0].status == "ok"
-    assert rows[1].status.startswith("skipped") and rows[1].median_ms is None
+    assert rows[1].status.startswith("skipped (~") and rows[1].median_ms is None
+
+
+def test_a_cell_that_cannot_fit_in_memory_is_skipped_before_it_is_built(monkeypatch):
+    import elfatt.bench.runner as runner
+
+    def forbidden(cell, config):
+        raise AssertionError(f"{cell} was built")
+
+    monkeypatch.setattr(runner, "prepare_cell", forbidden)
+    config = BenchConfig(levels=("op",), mechanisms=("vanilla", "elfatt"), sides=(4000,), passes=("fwd",))
+    rows = [row for group in iterate(config) for row in group]
+    assert all(row.status.startswith("skipped (needs ~") and row.status.endswith("available)") for row in rows)
+
+
+def test_cells_of_a_group_are_timed_in_interleaved_rounds(monkeypatch):
+    """Every round calls every mechanism once, in turn: the order of calls is the round-robin order."""
+    import elfatt.bench.runner as runner
+
+    calls = []
+    config = BenchConfig(levels=("op",), mechanisms=("sdpa", "elfatt"), sides=(4,), passes=("fwd",), repeats=3)
+    real_prepare = runner.prepare_cell
+
+    def recording(cell, config):
+        row, step = real_prepare(cell, config)
+        return row, (lambda: calls.append(cell.mechanism) or step())
+
+    monkeypatch.setattr(runner, "prepare_cell", recording)
+    monkeypatch.setattr(runner, "UNSTABLE_SPREAD", float("inf"))
+    (group,) = list(iterate(config))
+    assert [row.mechanism for row in group] == ["sdpa", "elfatt"]
+    # one warm-up each, then rounds of both in turn
+    assert calls == ["sdpa", "elfatt"] * 4
+
+
+def test_an_unsteady_cell_is_measured_again_then_marked(monkeypatch):
+    import elfatt.bench.runner as runner
+
+    measured = []
+
+    def unsteady(steps, device, rounds, advance=None, *, budget_s=float("inf")):
+        measured.append(len(steps))
+        return {cell: Timing(10.0, 5.0, 20.0, rounds) for cell in steps}
+
+    monkeypatch.setattr(runner, "round_robin_timings", unsteady)
+    config = BenchConfig(levels=("op",), mechanisms=("sdpa",), sides=(4,), passes=("fwd",))
+    (group,) = list(iterate(config))
+    assert measured == [1, 1], "an unsteady group is measured a second time"
+    assert group[0].stable is False and group[0].spread == 1.5
