@@ -180,6 +180,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
 
 
+# Floats a backbone keeps per input pixel while traced and checked: its stages' activations, generously counted.
+FLOATS_PER_PIXEL = 256
+
+
+def _check_fits(size: list[int], batch: int) -> None:
+    """Refuse, before any model is built, an example whose activations alone exceed the free memory."""
+    from elfatt._memory import available_mib
+
+    height, width = (size[0], size[-1])
+    need = batch * height * width * FLOATS_PER_PIXEL * 4 / 2**30
+    free = available_mib()
+    if free is not None and need > free / 1024:
+        raise ValueError(
+            f"--size {height}x{width}: tracing it needs ~{need:.0f} GiB for activations, {free / 1024:.1f} GiB are "
+            "free; choose a smaller size (the exported file takes other sizes too)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``elfatt export``; returns the exit status (2, with one line on stderr, for input it cannot use)."""
     kwargs = {} if args.num_classes is None else dict(num_classes=args.num_classes)
@@ -189,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--size takes H or H W, got {args.size}")
         if out.is_dir():
             raise ValueError(f"--out {out} is a folder; give the .onnx file's path")
+        _check_fits(args.size, args.batch_size)
         result = export_onnx(
             args.model,
             out,

@@ -13,6 +13,7 @@ from elfatt.cli import main
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 
 BENCH_CASES = [
+    (["--levels", "op", "--sides", "100000"], "--sides 100000x100000: its tokens alone need ~"),
     (["--mechanisms", "elfatt", "nope"], "unknown mechanism nope"),
     (["--levels", "model", "--resolutions", "200"], "not a positive multiple of the patch size 16"),
     (["--dtype", "fp8"], "unknown dtype 'fp8'"),
@@ -64,6 +65,7 @@ EXPORT_CASES = [
     (["vit_elfatt_tiny_patch16_224", "--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
     (["vit_elfatt_tiny_patch16_224", "--num-classes", "-1"], "--num-classes: must be >= 0, got -1"),
     (["no_such_model_224"], "no_such_model_224"),
+    (["swin_elfatt_tiny_224", "--size", "100000"], "--size 100000x100000: tracing it needs ~"),
 ]
 
 

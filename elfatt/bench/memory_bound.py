@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
+from elfatt._memory import available_mib
 from elfatt.bench.models import VIT_LAYOUTS
 
 __all__ = ["available_mib", "estimate_mib", "input_mib"]
@@ -16,21 +13,6 @@ LIVE_TENSORS = 40
 # Mechanisms that materialise every head's N x N scores (the rest attend in blocks, linearly, or through a flash
 # kernel that never holds the full matrix).
 MATERIALISE_SCORES = {"vanilla"}
-
-
-def available_mib(device: torch.device) -> float | None:
-    """Free memory of ``device`` in MiB: ``MemAvailable`` of ``/proc/meminfo`` on a CPU, the free device memory on
-    CUDA; None where it cannot be told."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free / 2**20
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def _shape(cell, config) -> tuple[int, int, int]:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from elfatt._memory import available_mib
 from elfatt.attention import MECHANISMS, build_attention, check_mechanisms
 from elfatt.bench.backbone_models import build_backbone, check_backbones, default_backbones
 from elfatt.bench.measure import (
@@ -18,7 +19,7 @@ from elfatt.bench.measure import (
     peak_memory_mib,
     round_robin_timings,
 )
-from elfatt.bench.memory_bound import available_mib, estimate_mib
+from elfatt.bench.memory_bound import estimate_mib, input_mib
 from elfatt.bench.models import VIT_LAYOUTS, AttentionViT, check_resolution
 
 __all__ = [
@@ -100,6 +101,7 @@ class BenchConfig:
             raise ValueError("device meta computes nothing to time; use cpu or cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device cuda requested but torch sees no CUDA GPU")
+        self._check_fits()
         if self.dtype != "fp32":
             try:
                 with torch.autocast(device.type, dtype=DTYPES[self.dtype]):
@@ -107,6 +109,19 @@ class BenchConfig:
             except (RuntimeError, ValueError) as error:
                 first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
                 raise ValueError(f"dtype {self.dtype} is not supported on {self.device}: {first_line}") from None
+
+    def _check_fits(self) -> None:
+        """Refuse, before anything is allocated, sizes whose tokens alone exceed the free memory."""
+        free = available_mib(torch.device(self.device))
+        cells = plan_cells(self)
+        for cell in [max(cells, key=lambda cell: input_mib(cell, self))] if cells else []:
+            need = input_mib(cell, self)
+            if free is not None and need > free:
+                option = "--sides" if cell.level == "op" else "--resolutions"
+                raise ValueError(
+                    f"{option} {cell.size_label}: its tokens alone need ~{need / 1024:.1f} GiB, {free / 1024:.1f} GiB "
+                    "are free; choose smaller sides"
+                )
 
 
 @dataclass(frozen=True)
