@@ -129,10 +129,12 @@ def run(args: argparse.Namespace) -> int:
     rows = list(earlier)
     done = frozenset(cell_key(row.level, row.mechanism, row.size, row.run_pass) for row in earlier)
     interrupted = False
+    busy: list[str] = []
     try:
         with progress_bar(console=console, transient=True) as progress:
             task = progress.add_task("starting", total=len(plan_cells(config)), completed=len(done))
             for group in iterate(config, done):
+                busy += other_busy_processes()
                 rows.extend(group)
                 write_csv(rows, args.out / "results.csv")
                 first = group[0]
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"memory: {memory_method(torch.device(config.device))}")
     written = [args.out / name for name in ("results.csv", "results.json", "summary.md")] + plots
     console.print("wrote " + ", ".join(map(str, written)))
-    load = load_note()
+    load = load_note(busy)
     if load:
         console.print(load)
     if interrupted:
@@ -175,19 +177,35 @@ def _earlier_rows(out: Path, config: object) -> list:
     return read_rows(results)
 
 
-def load_note() -> str | None:
-    """One line on the machine's load when it was high at the end of the run (1-minute load average above half
-    the cores, or other processes busy), else None."""
+def other_busy_processes() -> list[str]:
+    """Names of the other processes running on a CPU right now (state R in ``/proc/<pid>/stat``); empty where
+    ``/proc`` is not there."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" ", 1)
+        except OSError:
+            continue
+        name, _, fields = rest.rpartition(") ")
+        if int(pid) != os.getpid() and fields.startswith("R"):
+            names.append(name.lstrip("("))
+    return names
+
+
+def load_note(busy: list[str]) -> str | None:
+    """One line on the machine's load when other processes ran during the run (``busy``: their names as seen
+    after each group) or the load average was above the cores, else None."""
     try:
         load = os.getloadavg()[0]
     except OSError:
-        return None
+        load = 0.0
     cores = os.cpu_count() or 1
-    if load <= cores / 2:
+    if not busy and load <= cores + 0.5:
         return None
+    others = ", ".join(sorted(set(busy))) or "none seen"
     return (
-        f"note: the machine was busy (load average {load:.1f} on {cores} cores at the end): cells marked ~ were "
-        "unsteady; compare ratios, or run again on a quiet machine"
+        f"note: the machine was busy (load average {load:.1f} on {cores} cores at the end; other running processes: "
+        f"{others}): cells marked ~ were unsteady; compare ratios, or run again on a quiet machine"
     )
 
 

@@ -133,3 +133,14 @@ def test_compare_marks_changes_beyond_the_noise(tmp_path, capsys):
     assert main(["--compare", str(old), str(new)]) == 0
     assert "| op | elfatt | 8x8 | fwd | 2.00x | 4.00x | 2.00x * |" in capsys.readouterr().out
     assert main(["--compare", str(old), str(tmp_path / "none")]) == 2
+
+
+def test_the_load_note_names_other_busy_processes(monkeypatch):
+    from elfatt.bench import cli
+
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert cli.load_note([]) is None
+    note = cli.load_note(["python3", "python3", "make"])
+    assert note.startswith("note: the machine was busy") and "make, python3" in note and "\n" not in note
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert "load average 9.0" in cli.load_note([])
