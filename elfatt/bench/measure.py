@@ -132,12 +132,14 @@ def round_robin_timings(
     advance: Callable[[], object] | None = None,
     *,
     budget_s: float = float("inf"),
+    warmup: bool = True,
 ) -> dict[Any, Timing]:
     """Milliseconds of each call over ``rounds`` rounds (median and quartiles), each round every call once, in turn,
-    after one warm-up call each: a noisy machine slows them alike, so their ratios hold. ``advance`` runs after
-    each round (a progress bar's). Rounds stop early once they have taken ``budget_s`` and at least 3 were made."""
+    after one warm-up call each (unless ``warmup`` is False: the caller warmed them): a noisy machine slows them
+    alike, so their ratios hold. ``advance`` runs after each round (a progress bar's). Rounds stop early once they
+    have taken ``budget_s`` and at least 3 were made."""
     times: dict[Any, list[float]] = {name: [] for name in calls}
-    for fn in calls.values():
+    for fn in calls.values() if warmup else ():
         fn()
     began = time.perf_counter()
     for done in range(rounds):

@@ -125,8 +125,8 @@ def test_cells_of_a_group_are_timed_in_interleaved_rounds(monkeypatch):
     monkeypatch.setattr(runner, "UNSTABLE_SPREAD", float("inf"))
     (group,) = list(iterate(config))
     assert [row.mechanism for row in group] == ["sdpa", "elfatt"]
-    # one warm-up each, then rounds of both in turn
-    assert calls == ["sdpa", "elfatt"] * 4
+    # warmed up when prepared, then rounds of both in turn
+    assert calls == ["sdpa", "elfatt"] * 3
 
 
 def test_an_unsteady_cell_is_measured_again_then_marked(monkeypatch):
@@ -134,7 +134,7 @@ def test_an_unsteady_cell_is_measured_again_then_marked(monkeypatch):
 
     measured = []
 
-    def unsteady(steps, device, rounds, advance=None, *, budget_s=float("inf")):
+    def unsteady(steps, device, rounds, advance=None, **options):
         measured.append(len(steps))
         return {cell: Timing(10.0, 5.0, 20.0, rounds) for cell in steps}
 
@@ -143,3 +143,24 @@ def test_an_unsteady_cell_is_measured_again_then_marked(monkeypatch):
     (group,) = list(iterate(config))
     assert measured == [1, 1], "an unsteady group is measured a second time"
     assert group[0].stable is False and group[0].spread == 1.5
+
+
+def test_only_unsteady_cells_and_the_baselines_are_measured_again(monkeypatch):
+    import elfatt.bench.runner as runner
+
+    measured = []
+
+    def first_unsteady(steps, device, rounds, advance=None, **options):
+        measured.append(sorted(cell.mechanism for cell in steps))
+        spread = 5.0 if len(measured) == 1 else 0.1
+        timings = {}
+        for cell in steps:
+            half = spread if cell.mechanism == "elfatt" else 0.0
+            timings[cell] = Timing(10.0, 10.0 - half, 10.0 + half, rounds)
+        return timings
+
+    monkeypatch.setattr(runner, "round_robin_timings", first_unsteady)
+    config = BenchConfig(levels=("op",), mechanisms=("sdpa", "swin", "elfatt"), sides=(4,), passes=("fwd",))
+    (group,) = list(iterate(config))
+    assert measured == [["elfatt", "sdpa", "swin"], ["elfatt", "sdpa"]]
+    assert [row.stable for row in group] == [True, True, True] and abs(group[2].spread - 0.02) < 1e-9
