@@ -90,9 +90,9 @@ def block_part(
         ]
     values = gathered[2] if plan.on_grid is None else gathered[2] * plan.on_grid
     outs = []
+    whole = len(plan.chunks) == 1
     for chunk in plan.chunks:
         length = chunk.bh * chunk.bw
-        whole = len(plan.chunks) == 1
         q_blocks, k_blocks, v_blocks = (
             (x if whole else x[chunk.start : chunk.stop]).view(chunk.count, length, heads, x.shape[-1]).transpose(1, 2)
             for x in gathered
@@ -165,9 +165,8 @@ def prefix_part(q: Tensor, k: Tensor, v: Tensor, prefix: int, scale: float | Non
 def _softmax_attention(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float | None, dropout_p: float, fused: bool
 ) -> Tensor:
-    """Softmax attention of ``[n, heads, L, d]`` tensors, SDPA or plain matmuls; ``bias`` is added to the scores."""
-    if bias is not None and bias.dtype != q.dtype:
-        bias = bias.to(q.dtype)
+    """Softmax attention of ``[n, heads, L, d]`` tensors, SDPA or plain matmuls; ``bias`` (made by the plan in
+    ``q``'s dtype) is added to the scores."""
     if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else scale

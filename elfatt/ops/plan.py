@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from elfatt.ops.blocks import ceil_div
+
 __all__ = ["Chunk", "Plan", "plan_for"]
 
 
@@ -51,7 +53,7 @@ def _bands(length: int, block: int, padded: bool) -> list[tuple[int, int, int]]:
     """``(start, stop, block)`` bands along one side: one band of whole (padded) blocks, or whole then remainder."""
     whole = length - length % block
     if padded or not length % block:
-        return [(0, -(-length // block) * block, block)]
+        return [(0, ceil_div(length, block) * block, block)]
     return ([(0, whole, block)] if whole else []) + [(whole, length, length % block)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -214,16 +214,12 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None) -> list[d
         num_classes=NUM_CLASSES,
         schedule=SCHEDULE,
         trained=trained,
-        options=_options(config),
+        options=plain_config(asdict(config)),
     )
     save_model(model, config.out, "unet", description)
     write_rows(log, config.out / "diffusion_log.csv")
     _plot_loss(log, config.out / "diffusion_loss.png")
     return log
-
-
-def _options(config: object) -> dict:
-    return {f.name: str(v) if isinstance(v := getattr(config, f.name), Path) else v for f in fields(config)}
 
 
 def _plot_loss(log: list[dict], path: Path) -> None:
@@ -273,6 +269,6 @@ def train_classifier(config: ClassifierTrainConfig) -> dict:
                     progress.advance(task)
     accuracy = class_accuracy(model, to_model_range(test_images), test_labels)
     result = dict(test_accuracy=accuracy, test_images=len(test_images), seconds=time.perf_counter() - start,
-                  options=_options(config))  # fmt: skip
+                  options=plain_config(asdict(config)))  # fmt: skip
     save_model(model, config.out, "classifier", result)
     return result
