@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cell-budget",
         type=finite_float(0.0),
-        default=20.0,
+        default=10.0,
         help="skip a cell predicted to take longer (s), 0: never skip",
     )
     parser.add_argument("--out", type=output_folder, default=Path("bench-results"), help="output directory")

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from elfatt._memory import peak_rss_mib, reset_peak_rss, rss_available, rss_mib
 
 __all__ = [
+    "MIN_ROUNDS",
     "Timing",
     "time_call",
     "time_round_robin",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 _M_MMAP_THRESHOLD = -3
+# Timed calls (or rounds) made before a time budget may stop them: quartiles need a few.
+MIN_ROUNDS = 3
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -98,14 +101,14 @@ def time_call(
 ) -> Timing:
     """Time ``fn`` after ``warmup`` calls: CUDA events on a GPU, ``perf_counter`` around a sync elsewhere.
 
-    Stops before ``repeats`` once the timed calls have taken ``budget_s`` and at least 3 were made.
+    Stops before ``repeats`` once the timed calls have taken ``budget_s`` and at least :data:`MIN_ROUNDS` were made.
     """
     for _ in range(warmup):
         fn()
     _synchronize(device)
     times: list[float] = []
     for _ in range(repeats):
-        if len(times) >= 3 and sum(times) / 1e3 >= budget_s:
+        if len(times) >= MIN_ROUNDS and sum(times) / 1e3 >= budget_s:
             break
         if device.type == "cuda":
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -136,14 +139,15 @@ def round_robin_timings(
 ) -> dict[Any, Timing]:
     """Milliseconds of each call over ``rounds`` rounds (median and quartiles), each round every call once, in turn,
     after one warm-up call each (unless ``warmup`` is False: the caller warmed them): a noisy machine slows them
-    alike, so their ratios hold. ``advance`` runs after each round (a progress bar's). Rounds stop early once they
-    have taken ``budget_s`` and at least 3 were made."""
+    alike, so their ratios hold. ``advance`` runs after each round (a progress bar's). Once :data:`MIN_ROUNDS`
+    were made, no round starts that would end past ``budget_s`` at the pace of the rounds so far."""
     times: dict[Any, list[float]] = {name: [] for name in calls}
     for fn in calls.values() if warmup else ():
         fn()
     began = time.perf_counter()
     for done in range(rounds):
-        if done >= 3 and time.perf_counter() - began >= budget_s:
+        elapsed_s = time.perf_counter() - began
+        if done >= MIN_ROUNDS and elapsed_s * (done + 1) / done > budget_s:
             break
         for name, fn in calls.items():
             _synchronize(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -13,6 +14,7 @@ from elfatt._memory import available_mib
 from elfatt.attention import MECHANISMS, build_attention, check_mechanisms
 from elfatt.bench.backbone_models import build_backbone, check_backbones, default_backbones
 from elfatt.bench.measure import (
+    MIN_ROUNDS,
     Timing,
     count_flops,
     earlier_objects_out_of_collection,
@@ -32,6 +34,7 @@ __all__ = [
     "prepare_cell",
     "time_side_by_side",
     "plan_groups",
+    "predict_call_s",
     "cell_key",
     "iterate",
     "UNSTABLE_SPREAD",
@@ -65,7 +68,7 @@ class BenchConfig:
     warmup: int = 1
     repeats: int = 5
     repeat_budget_s: float = 3.0
-    cell_budget_s: float = 20.0
+    cell_budget_s: float = 10.0
     passes: tuple[str, ...] = PASSES
     model_passes: tuple[str, ...] = ("fwd",)
     seed: int = 0
@@ -240,8 +243,6 @@ def cell_step(
 # A cell whose spread (IQR / median over its rounds) is above this is measured again, then marked unstable: the
 # threshold pyperf and torch.utils.benchmark use.
 UNSTABLE_SPREAD = 0.10
-# Rounds stop after this many seconds of a group, once at least this many were made (quartiles need a few).
-MIN_ROUNDS = 3
 # The mechanisms every speed-up is measured against: re-measured beside any unsteady cell of their group.
 BASELINES = ("sdpa", "vanilla")
 
@@ -334,6 +335,21 @@ def add_ratios(rows: list[Row]) -> None:
             setattr(row, attribute, None if reference is None else reference / row.median_ms)
 
 
+def predict_call_s(measured: list[tuple[int, float]], tokens: int) -> float:
+    """Seconds of one call at ``tokens``, from a mechanism's (tokens, seconds) at smaller sizes of the same level and
+    pass: a power law through its last two sizes, its exponent held between 1 (linear) and 2 (quadratic attention);
+    quadratic from a single size. Each mechanism predicts from its own growth, so a linear one is not skipped for
+    what softmax attention would cost."""
+    last_tokens, last_s = measured[-1]
+    exponent = 2.0
+    if len(measured) > 1:
+        before_tokens, before_s = measured[-2]
+        ratio = last_tokens / before_tokens
+        if ratio > 1 and before_s > 0 and last_s > 0:
+            exponent = min(max(math.log(last_s / before_s) / math.log(ratio), 1.0), 2.0)
+    return last_s * (tokens / last_tokens) ** exponent
+
+
 def plan_groups(config: BenchConfig) -> list[list[Cell]]:
     """The planned cells in groups measured side by side: every mechanism at one level, size and pass."""
     groups: dict[tuple[str, str, str], list[Cell]] = {}
@@ -352,11 +368,10 @@ def iterate(config: BenchConfig, done: frozenset[tuple[str, str, str, str]] = fr
 
     Cells in ``done`` (by :func:`cell_key`) are left out. A cell that would not fit in the memory available
     (:func:`~elfatt.bench.memory_bound.estimate_mib`) is skipped with the estimate in its status, before anything
-    is allocated. A cell whose time, extrapolated quadratically in tokens from the same mechanism's last measurement
-    (its median, or its lower quartile where it was unsteady, never a disturbed figure), would pass
-    ``config.cell_budget_s`` is skipped with the prediction.
+    is allocated. A cell whose time, predicted by :func:`predict_call_s` from the same mechanism's measurements at
+    smaller sizes, would pass ``config.cell_budget_s`` is skipped with the prediction.
     """
-    last: dict[tuple[str, str, str], tuple[int, float]] = {}
+    measured: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     calls = config.warmup + 1 + MIN_ROUNDS
     available = available_mib(torch.device(config.device))
     with earlier_objects_out_of_collection():
@@ -370,9 +385,8 @@ def iterate(config: BenchConfig, done: frozenset[tuple[str, str, str, str]] = fr
                 key = (cell.level, cell.mechanism, cell.run_pass)
                 if available is not None and need > available:
                     rows[cell] = _blank_row(cell, config, f"skipped (needs ~{need:.0f} MiB, {available:.0f} available)")
-                elif config.cell_budget_s and key in last:
-                    tokens, median_ms = last[key]
-                    predicted_s = median_ms / 1e3 * (cell.tokens / tokens) ** 2 * calls
+                elif config.cell_budget_s and key in measured:
+                    predicted_s = predict_call_s(measured[key], cell.tokens) * calls
                     if predicted_s > config.cell_budget_s:
                         rows[cell] = _blank_row(cell, config, f"skipped (~{predicted_s:.0f}s > budget)")
                 if cell not in rows:
@@ -385,7 +399,9 @@ def iterate(config: BenchConfig, done: frozenset[tuple[str, str, str, str]] = fr
                     rows[cell].stable = rows[cell].spread <= UNSTABLE_SPREAD
                     # a disturbance only adds time: an unsteady cell predicts from its lower quartile
                     undisturbed = timing.median_ms if rows[cell].stable else timing.p25_ms
-                    last[(cell.level, cell.mechanism, cell.run_pass)] = (cell.tokens, undisturbed)
+                    measured.setdefault((cell.level, cell.mechanism, cell.run_pass), []).append(
+                        (cell.tokens, undisturbed / 1e3)
+                    )
             steps.clear()
             if rows:
                 yield [rows[cell] for cell in group if cell in rows]

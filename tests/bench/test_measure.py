@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from elfatt.bench.measure import (
+    MIN_ROUNDS,
     Timing,
     count_flops,
     earlier_objects_out_of_collection,
     memory_method,
     peak_memory_mib,
+    round_robin_timings,
     time_call,
 )
 from elfatt.bench.runner import BenchConfig, Row, add_ratios, iterate
@@ -164,3 +166,33 @@ def test_only_unsteady_cells_and_the_baselines_are_measured_again(monkeypatch):
     (group,) = list(iterate(config))
     assert measured == [["elfatt", "sdpa", "swin"], ["elfatt", "sdpa"]]
     assert [row.stable for row in group] == [True, True, True] and abs(group[2].spread - 0.02) < 1e-9
+
+
+def test_a_prediction_follows_the_mechanisms_own_growth():
+    from elfatt.bench.runner import predict_call_s
+
+    # from one size: quadratic in tokens
+    assert predict_call_s([(100, 1.0)], 200) == pytest.approx(4.0)
+    # linear growth between the last two sizes stays linear, quadratic stays quadratic
+    assert predict_call_s([(100, 1.0), (200, 2.0)], 400) == pytest.approx(4.0)
+    assert predict_call_s([(100, 1.0), (200, 4.0)], 400) == pytest.approx(16.0)
+    # the exponent is held between 1 and 2: a disturbed small size cannot predict faster than linear or beyond
+    # quadratic
+    assert predict_call_s([(100, 4.0), (200, 1.0)], 400) == pytest.approx(2.0)
+    assert predict_call_s([(100, 1.0), (200, 100.0)], 400) == pytest.approx(400.0)
+
+
+def test_no_round_starts_that_would_end_past_the_budget(monkeypatch):
+    import elfatt.bench.measure as measure
+
+    clock = [0.0]
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])
+
+    def one_second():
+        clock[0] += 1.0
+
+    # rounds of 1 s against 4.5 s: the fifth would end past it
+    timings = round_robin_timings({"a": one_second}, torch.device("cpu"), rounds=50, budget_s=4.5, warmup=False)
+    assert timings["a"].repeats == 4 and clock[0] == 4.0
+    short = round_robin_timings({"a": one_second}, torch.device("cpu"), rounds=50, budget_s=0.0, warmup=False)
+    assert short["a"].repeats == MIN_ROUNDS
