@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from elfatt.data.fashion_mnist import FILES
+from elfatt_lab.data.fashion_mnist import FILES
 
 
 def write_idx(path: Path, array: torch.Tensor, *, gz: bool = True) -> None:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from elfatt.cli import main
+from elfatt_lab.cli import main
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 
@@ -144,10 +144,12 @@ def test_an_onnx_file_that_cannot_be_written_is_refused_first(case, tmp_path, ca
 def test_an_unwritable_data_cache_is_refused_before_generating(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ELFATT_DATA_DIR", "/proc/elfatt-cache")
     status, error = _run(["train", "--task", "listops", "--out", str(tmp_path / "out")], capsys)
-    _assert_one_line(status, error, "the data cache ($ELFATT_DATA_DIR or ~/.cache/elfatt/data): /proc/elfatt-cache")
+    _assert_one_line(status, error, "the data cache ($ELFATT_DATA_DIR or ~/.cache/elfatt_lab/data): /proc/elfatt-cache")
 
 
 def test_the_process_exits_2_with_one_line():
     """One real process, for the exit status a shell sees."""
-    result = subprocess.run([sys.executable, "-m", "elfatt.cli", "bench", "--device", "banana"], capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "elfatt_lab.cli", "bench", "--device", "banana"], capture_output=True
+    )
     assert result.returncode == 2 and result.stderr.decode().count("\n") == 1, result.stderr

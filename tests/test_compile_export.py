@@ -13,9 +13,9 @@ import torch
 from conftest import rel_error
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from elfatt import ELFATTAttention
+from elfatt import BlockCount, ELFATTAttention
 
-LAYOUTS = {"window4": dict(block=4), "count2x3": dict(num_blocks=(2, 3)), "stripe2": dict(block=(2, None))}
+LAYOUTS = {"window4": dict(block=4), "count2x3": dict(block=BlockCount(2, 3)), "stripe2": dict(block=(2, None))}
 # Three grids in a row, none a multiple of the previous one's blocks, never H == W (Dynamo would give both one
 # symbol and compile again).
 SIZES = [(10, 13), (12, 9), (7, 16)]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import elfatt
+from elfatt.ops import global_head_count
 
 
 def _qkv(shape=(1, 12, 2, 4), dtype=torch.float32):
@@ -46,8 +47,8 @@ def _qkv(shape=(1, 12, 2, 4), dtype=torch.float32):
             "bias",
         ),
         (lambda q, k, v: elfatt.elfatt(q, k, v, (3, 4), block_lepe=torch.randn(4)), TypeError, "pair"),
-        (lambda q, k, v: elfatt.global_head_count(4, 0.3), ValueError, "cannot be split"),
-        (lambda q, k, v: elfatt.global_head_count(4, 1.5), ValueError, r"lie in \[0, 1\]"),
+        (lambda q, k, v: global_head_count(4, 0.3), ValueError, "cannot be split"),
+        (lambda q, k, v: global_head_count(4, 1.5), ValueError, r"lie in \[0, 1\]"),
     ],
     ids=lambda p: p if isinstance(p, str) else None,
 )
@@ -67,9 +68,9 @@ def test_mismatched_devices_are_named():
     [
         (dict(dim=30, num_heads=4), ValueError, "divisible by num_heads"),
         (dict(dim=24, num_heads=3), ValueError, "cannot be split"),
-        (dict(dim=24, num_heads=4, block=4, num_blocks=2), ValueError, "not both"),
+        (dict(dim=24, num_heads=4, block=4, num_blocks=2), ValueError, "give only block="),
         (dict(dim=24, num_heads=4, block=0), ValueError, ">= 1"),
-        (dict(dim=24, num_heads=4, num_blocks=(1, 0)), ValueError, ">= 1"),
+        (dict(dim=24, num_heads=4, block=elfatt.BlockCount(1, 0)), ValueError, ">= 1"),
         (dict(dim=24, num_heads=4, lepe_kernel=2), ValueError, "odd"),
     ],
 )

@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
-import elfatt._atomic as atomic
-from elfatt._atomic import atomic_save, atomic_write_text
-from elfatt._csv import write_rows
-from elfatt.data.cache import cached
+import elfatt_lab._atomic as atomic
+from elfatt_lab._atomic import atomic_save, atomic_write_text
+from elfatt_lab._csv import write_rows
+from elfatt_lab.data.cache import cached
 
 CLI_TINY = ["--task", "digits", "--model", "elfatt", "--batch-size", "64", "--dim", "16", "--depth", "1"]
 
@@ -60,7 +60,7 @@ def test_a_torch_save_that_fails_mid_write_is_named(tmp_path, monkeypatch):
 
 
 def test_train_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
-    from elfatt.train.cli import main
+    from elfatt_lab.train.cli import main
 
     _full_disk(monkeypatch)
     assert main([*CLI_TINY, "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 1

@@ -10,12 +10,13 @@ from conftest import DTYPE_IDS, DTYPES, assert_close
 
 import elfatt
 import elfatt.ops.reference as reference
+from elfatt.modules import DEFAULT_BLOCK, LePE
 
 MODULE_CASES = [
     # dim, heads, size, layer options
     (24, 4, (5, 7), dict(block=(2, 3))),
     (36, 3, (6, 4), dict(block=(None, 3), split=1 / 3, qkv_bias=True)),
-    (40, 8, (9, 5), dict(num_blocks=(2, 2))),
+    (40, 8, (9, 5), dict(block=elfatt.BlockCount(2, 2))),
     (14, 2, (3, 8), dict(block=(2, None), split=0.0)),
     (16, 1, (4, 3), dict(block=5, split=1.0, lepe_kernel=5)),
 ]
@@ -68,11 +69,25 @@ def test_default_layer_takes_any_grid(size, generator):
     assert torch.isfinite(out).all()
 
 
-def test_num_blocks_grow_with_the_grid():
-    layer = elfatt.ELFATTAttention(32, 4, num_blocks=(2, 2))
+def test_counted_blocks_grow_with_the_grid():
+    layer = elfatt.ELFATTAttention(32, 4, block=elfatt.BlockCount(2, 2))
     assert layer.block_size((56, 56)) == (28, 28)
     assert layer.block_size((14, 28)) == (7, 14)
-    assert elfatt.ELFATTAttention(32, 4).block_size((56, 56)) == (elfatt.DEFAULT_BLOCK, elfatt.DEFAULT_BLOCK)
+    assert elfatt.ELFATTAttention(32, 4).block_size((56, 56)) == (DEFAULT_BLOCK, DEFAULT_BLOCK)
+    assert elfatt.ELFATTAttention(32, 4, block=8).block == (8, 8)
+
+
+def test_the_old_block_keyword_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="num_blocks= is deprecated"):
+        layer = elfatt.ELFATTAttention(32, 4, num_blocks=(2, 3))
+    assert layer.block == elfatt.BlockCount(2, 3)
+    with pytest.warns(DeprecationWarning):
+        assert layer.num_blocks == (2, 3)
+    with pytest.warns(DeprecationWarning):
+        layer.num_blocks = 4
+    assert layer.block == elfatt.BlockCount(4, 4)
+    with pytest.raises(ValueError, match="give only block="):
+        elfatt.ELFATTAttention(32, 4, block=4, num_blocks=2)
 
 
 def test_attention_dropout_applies_in_training_only(generator):
@@ -88,7 +103,7 @@ def test_attention_dropout_applies_in_training_only(generator):
 
 
 def test_lepe_module_matches_reference(generator):
-    module = elfatt.LePE(12, kernel_size=5)
+    module = LePE(12, kernel_size=5)
     v = torch.randn(2, 35, 12, generator=generator)
     # the reference takes [B, heads, N, d]: one head of 12 channels
     expected = reference.lepe(v[:, None], (5, 7), module.conv.weight, module.conv.bias)[:, 0]
@@ -96,7 +111,8 @@ def test_lepe_module_matches_reference(generator):
 
 
 @pytest.mark.parametrize(
-    "options", [dict(block=(3, 4)), dict(num_blocks=(2, 3)), dict(block=(2, None)), dict(split=1.0), dict(split=0.0)]
+    "options",
+    [dict(block=(3, 4)), dict(block=elfatt.BlockCount(2, 3)), dict(block=(2, None)), dict(split=1.0), dict(split=0.0)],
 )
 @pytest.mark.parametrize("prefix", [0, 2])
 def test_an_empty_batch_gives_an_empty_output_and_gradients(options, prefix):

@@ -13,8 +13,10 @@ from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from elfatt.models._blocks import ELFATTBlock
+from elfatt.ops.blocks import BlockCount
 
 __all__ = [
+    "per_stage",
     "init_weights",
     "new_classifier",
     "stage_indices",
@@ -125,9 +127,9 @@ def build_hierarchical(
     pretrained_filter_fn: Callable[..., dict[str, Tensor]] | None = None,
 ) -> nn.Module:
     """timm's ``build_model_with_cfg`` for a four-stage variant: its ``args`` overridden by the caller's
-    ``kwargs`` (a caller's ``block_sizes`` replaces the variant's ``num_blocks``), features from every stage."""
-    if kwargs.get("block_sizes") is not None and "num_blocks" not in kwargs:
-        args = {k: v for k, v in args.items() if k != "num_blocks"}
+    ``kwargs`` (a caller's blocks, in any spelling, replace the variant's), features from every stage."""
+    if any(kwargs.get(name) is not None for name in ("num_blocks", "block_sizes")):
+        args = {k: v for k, v in args.items() if k != "block"}
     kwargs = {**args, **kwargs}
     check_build_args(kwargs, 4, "stage")
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
@@ -252,3 +254,19 @@ class ELFATTBackbone(nn.Module):
         if prune_head:
             self.reset_classifier(0, "")
         return take_indices
+
+
+def per_stage(value: Any, num_stages: int, what: str) -> list[Any]:
+    """``value`` for each stage: a list or tuple of ``num_stages`` entries is per stage, anything else (a scalar,
+    a ``BlockCount``, or a block pair when there are not two stages) is repeated for every stage."""
+    if isinstance(value, BlockCount):
+        return [value] * num_stages
+    if isinstance(value, (list, tuple)) and len(value) == num_stages:
+        return list(value)
+    if isinstance(value, (list, tuple)) and not (len(value) == 2 and _is_pair(value)):
+        raise ValueError(f"{what} needs one entry per stage ({num_stages}) or one for all, got {value!r}")
+    return [value] * num_stages
+
+
+def _is_pair(value: Sequence[Any]) -> bool:
+    return all(side is None or (isinstance(side, int) and not isinstance(side, bool)) for side in value)

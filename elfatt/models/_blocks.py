@@ -52,7 +52,7 @@ class ELFATTBlock(nn.Module):
             norm_layer: normalisation over channels (and, with ``qk_norm``, over the head dim).
             act_layer: MLP activation.
             device, dtype: where and how the parameters are made.
-            **attn_kwargs: the attention's ``block`` / ``num_blocks``, ``split``, ``lepe_kernel``, ``fused_attn``.
+            **attn_kwargs: the attention's ``block``, ``split``, ``lepe_kernel``, ``fused_attn``.
         """
         super().__init__()
         dd = dict(device=device, dtype=dtype)

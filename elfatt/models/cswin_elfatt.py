@@ -16,15 +16,15 @@ Attention. A CSWin block splits its heads into two groups, the first ``C/2`` cha
 stripes (the official ``attns.0``) and the last ``C/2`` in horizontal stripes (``attns.1``). ELFATT keeps one
 group of sparse heads, all with one blockify, and makes the rest global linear heads. The paper does not say
 which of CSWin's groups became global; here the global linear heads take the place, channels and LePE of the
-vertical-stripe group and the blockified softmax heads keep CSWin's horizontal stripes: ``num_blocks=(b, 1)``,
+vertical-stripe group and the blockified softmax heads keep CSWin's horizontal stripes: ``BlockCount(b, 1)``,
 ``b`` stripes of ``H / b`` rows spanning the width. With that choice an official CSWin checkpoint maps onto the
 model tensor for tensor (:func:`checkpoint_filter_fn`). Unlike CSWin's last stage (one group of full
 attention), every stage here keeps the split; the last stage's default ``b = 1`` makes its block heads full
 softmax attention.
 
-Blocks are counted, not sized, as the paper's FLOPs show: ``num_blocks`` per stage is fixed (default
-``(8, 4, 4, 1)``), so the stripes grow with the input and the sparse part costs ``O(m^2 / b)``. Pass
-``block_sizes`` instead for fixed-size stripes whose cost is linear in the tokens (high resolution).
+Blocks are counted, not sized, as the paper's FLOPs show: ``block`` per stage is a fixed count (default ``b`` of
+``(8, 4, 4, 1)`` stripes), so the stripes grow with the input and the sparse part costs ``O(m^2 / b)``. Pass sizes
+instead (``block=(2, None)`` for stripes of 2 rows) for a cost linear in the tokens (high resolution).
 
 ``forward_features`` returns ``[B, C, H, W]`` after the final norm, as timm's hierarchical backbones (ConvNeXt,
 MaxViT, ...) do; timm's Swin returns NHWC, but one convention serves both families here, and
@@ -43,43 +43,37 @@ from timm.layers import LayerNorm2d
 from timm.models import generate_default_cfgs, register_model, register_notrace_function
 from torch import Tensor
 
+from elfatt._deprecated import count_block, deprecated_block
 from elfatt.models._backbone import (
     ELFATTBackbone,
     MapRequest,
     build_hierarchical,
     elfatt_cfg,
     init_weights,
+    per_stage,
 )
 from elfatt.models._blocks import ELFATTBlock
 from elfatt.models.cswin_checkpoint import checkpoint_filter_fn
-from elfatt.ops.blocks import BlockSpec, block_from_count, resolve_block
+from elfatt.ops.blocks import BlockCount, BlockSpec, normalize_block
 from elfatt.ops.checks import pair
 
 __all__ = ["CSWinELFATT", "ELFATTStage", "ConvMerge", "PatchEmbed", "checkpoint_filter_fn"]
 
-BlockCount = int | tuple[int, int]
 
-# Blocks of the softmax heads per stage when neither a count nor a size is given: Swin-T fits it, CSWin-T lies
-# between it and (8, 4, 2, 1), the base models fit (4, 4, 4, 1) (see the variants).
-DEFAULT_NUM_BLOCKS = (8, 4, 4, 1)
+# The paper's blocks per stage, laid out by each family's block_grid, when none are given: Swin-T fits it, CSWin-T
+# lies between it and (8, 4, 2, 1), the base models fit (4, 4, 4, 1) (see the variants).
+DEFAULT_COUNTS = (8, 4, 4, 1)
 
 # The stem's, the merges' and the final norm: LayerNorm over the channels of NCHW maps, with nn.LayerNorm's eps as
 # in the official CSWin code.
 map_norm = functools.partial(LayerNorm2d, eps=1e-5)
 
 
-def per_stage(value: Any, num_stages: int, what: str) -> list[Any]:
-    """``value`` for each stage: a list or tuple of ``num_stages`` entries is per stage, anything else (a scalar,
-    or a block pair when there are not two stages) is repeated for every stage."""
-    if isinstance(value, (list, tuple)) and len(value) == num_stages:
-        return list(value)
-    if isinstance(value, (list, tuple)) and not (len(value) == 2 and _is_pair(value)):
-        raise ValueError(f"{what} needs one entry per stage ({num_stages}) or one for all, got {value!r}")
-    return [value] * num_stages
-
-
-def _is_pair(value: Sequence[Any]) -> bool:
-    return all(side is None or (isinstance(side, int) and not isinstance(side, bool)) for side in value)
+def _count(model: "CSWinELFATT", count: int | tuple[int, int]) -> BlockCount:
+    """A deprecated ``num_blocks`` entry: ``b`` laid out by the family's ``block_grid``, or an ``(nh, nw)`` pair."""
+    if isinstance(count, int) and not isinstance(count, bool):
+        return BlockCount(*model.block_grid(count))
+    return count_block(count)
 
 
 @register_notrace_function
@@ -208,8 +202,7 @@ class CSWinELFATT(ELFATTBackbone):
         embed_dim: int = 64,
         depths: Sequence[int] = (2, 4, 18, 1),
         num_heads: Sequence[int] = (2, 4, 8, 16),
-        num_blocks: Sequence[BlockCount] | BlockCount | None = None,
-        block_sizes: Sequence[BlockSpec] | BlockSpec | None = None,
+        block: Sequence[BlockSpec] | BlockSpec | None = None,
         split: Sequence[float] | float = 0.5,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -223,6 +216,8 @@ class CSWinELFATT(ELFATTBackbone):
         act_layer: Callable[[], nn.Module] = nn.GELU,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        num_blocks: Sequence[int | tuple[int, int]] | int | tuple[int, int] | None = None,
+        block_sizes: Sequence[BlockSpec] | BlockSpec | None = None,
     ) -> None:
         """
         Args:
@@ -233,11 +228,9 @@ class CSWinELFATT(ELFATTBackbone):
             embed_dim: channels of the first stage; each later stage doubles them.
             depths: blocks per stage.
             num_heads: attention heads per stage.
-            num_blocks: the paper's fixed number of blocks of the softmax heads per stage, an int ``b``
-                (laid out by :meth:`block_grid`: ``b`` horizontal stripes here) or an ``(nh, nw)`` pair;
-                ``(8, 4, 4, 1)`` when neither this nor ``block_sizes`` is given.
-            block_sizes: instead of ``num_blocks``, a fixed block size per stage (``(bh, None)`` for stripes
-                of ``bh`` rows); costs are then linear in the tokens.
+            block: the softmax heads' blocks, per stage or one for all: the paper's fixed count (a
+                :class:`~elfatt.ops.BlockCount`) or a fixed size (``(bh, None)`` for stripes of ``bh`` rows; costs
+                linear in the tokens); :meth:`default_block` (8, 4, 4 and 1 blocks) when None.
             split: fraction of global linear heads, per stage or for all.
             mlp_ratio: MLP hidden width over the channels.
             qkv_bias: bias in the qkv projections.
@@ -251,6 +244,8 @@ class CSWinELFATT(ELFATTBackbone):
                 LayerNorms over the channels of NCHW maps).
             act_layer: MLP activation.
             device, dtype: where and how the parameters are made (timm's ``create_model(device=, dtype=)``).
+            num_blocks: deprecated: ``b`` blocks per stage (laid out by :meth:`block_grid`) or ``(nh, nw)``.
+            block_sizes: deprecated spelling of ``block`` for sizes.
         """
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -258,10 +253,6 @@ class CSWinELFATT(ELFATTBackbone):
         if len(num_heads) != num_stages:
             raise ValueError(f"num_heads needs one entry per stage ({num_stages}), got {list(num_heads)}")
         self.check_pool(global_pool)
-        if num_blocks is not None and block_sizes is not None:
-            raise ValueError("give at most one of num_blocks (a block count per stage) and block_sizes (a block size)")
-        if block_sizes is None and num_blocks is None:
-            num_blocks = DEFAULT_NUM_BLOCKS
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
@@ -269,8 +260,7 @@ class CSWinELFATT(ELFATTBackbone):
         self.grad_checkpointing = False
         self.embed_dims = [embed_dim * 2**i for i in range(num_stages)]
         self.num_features = self.head_hidden_size = self.embed_dims[-1]
-        block_counts = None if num_blocks is None else per_stage(num_blocks, num_stages, "num_blocks")
-        blocks = None if block_sizes is None else per_stage(block_sizes, num_stages, "block_sizes")
+        blocks = self._stage_blocks(block, num_blocks, block_sizes, num_stages) or self.default_block(num_stages)
         splits = per_stage(split, num_stages, "split")
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, **dd)
@@ -288,8 +278,7 @@ class CSWinELFATT(ELFATTBackbone):
                     downsample=i > 0,
                     drop_path=rates[sum(depths[:i]) : sum(depths[: i + 1])],
                     norm_layer=norm_layer,
-                    num_blocks=None if block_counts is None else self.block_grid(block_counts[i]),
-                    block=None if blocks is None else blocks[i],
+                    block=blocks[i],
                     split=splits[i],
                     mlp_ratio=mlp_ratio,
                     qkv_bias=qkv_bias,
@@ -310,11 +299,26 @@ class CSWinELFATT(ELFATTBackbone):
         self.apply(init_weights)
 
     @staticmethod
-    def block_grid(count: BlockCount) -> tuple[int, int]:
+    def block_grid(count: int) -> tuple[int, int]:
         """The ``(nh, nw)`` blocks of a stage given ``b`` blocks: CSWin-ELFATT cuts ``b`` horizontal stripes."""
-        if isinstance(count, int) and not isinstance(count, bool):
-            return (count, 1)
-        return tuple(count)
+        return (count, 1)
+
+    def default_block(self, num_stages: int) -> list[BlockCount]:
+        """The paper's 8, 4, 4 and 1 blocks of the four stages, laid out by :meth:`block_grid`."""
+        return [BlockCount(*self.block_grid(count)) for count in per_stage(DEFAULT_COUNTS, num_stages, "block")]
+
+    def _stage_blocks(
+        self, block: object, num_blocks: object, block_sizes: object, num_stages: int
+    ) -> list[BlockSpec] | None:
+        """Every stage's block from ``block`` or its deprecated spellings; None when none is given."""
+
+        def counts(value: object) -> list[BlockCount]:
+            return [_count(self, count) for count in per_stage(value, num_stages, "num_blocks")]
+
+        block = deprecated_block(block, dict(num_blocks=num_blocks, block_sizes=block_sizes), dict(num_blocks=counts))
+        if block is None:
+            return None
+        return [normalize_block(spec) for spec in per_stage(block, num_stages, "block")]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -339,32 +343,22 @@ class CSWinELFATT(ELFATTBackbone):
         self,
         img_size: int | tuple[int, int] | None = None,
         *,
-        num_blocks: Sequence[BlockCount] | BlockCount | None = None,
+        block: Sequence[BlockSpec] | BlockSpec | None = None,
+        num_blocks: Sequence[int | tuple[int, int]] | int | tuple[int, int] | None = None,
         block_sizes: Sequence[BlockSpec] | BlockSpec | None = None,
     ) -> None:
         """Set the nominal input size and, optionally, the blocks of every stage.
 
         Nothing in the model depends on the input size (no position embedding, no fixed windows), so a new
-        ``img_size`` is only recorded. With a fixed block count the blocks grow with the input; pass
-        ``num_blocks`` (a count per stage) or ``block_sizes`` (a size per stage) to change them for a new size.
+        ``img_size`` is only recorded. With a fixed block count the blocks grow with the input; pass ``block``
+        (per stage or one for all; ``num_blocks`` and ``block_sizes`` are its deprecated spellings) to change them.
         """
         if img_size is not None:
             self.img_size = pair(img_size, "img_size")
-        if num_blocks is not None and block_sizes is not None:
-            raise ValueError("give at most one of num_blocks and block_sizes")
-        if num_blocks is None and block_sizes is None:
-            return
-        num_stages = len(self.stages)
-        counts = None if num_blocks is None else per_stage(num_blocks, num_stages, "num_blocks")
-        sizes = None if block_sizes is None else per_stage(block_sizes, num_stages, "block_sizes")
-        for i, stage in enumerate(self.stages):
-            grid = None if counts is None else self.block_grid(counts[i])
-            if grid is not None:
-                block_from_count((1, 1), grid)
-            else:
-                resolve_block((1, 1), sizes[i])
-            for block in stage.blocks:
-                block.attn.num_blocks, block.attn.block = grid, None if sizes is None else sizes[i]
+        blocks = self._stage_blocks(block, num_blocks, block_sizes, len(self.stages))
+        for stage, spec in zip(self.stages, blocks or (), strict=False):
+            for layer in stage.blocks:
+                layer.attn.block = spec
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Images ``[B, in_chans, H, W]`` to the final normalised feature map ``[B, C, H / 32, W / 32]``."""
@@ -391,6 +385,10 @@ class CSWinELFATT(ELFATTBackbone):
                 out = self.norm(x) if request.norm and i == last else x
                 intermediates.append(out if request.output_fmt == "NCHW" else out.permute(0, 2, 3, 1))
         return x, intermediates
+
+
+# The base variants' 4, 4, 4 and 1 horizontal stripes.
+BASE_BLOCK = [BlockCount(4, 1)] * 3 + [BlockCount(1, 1)]
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -432,12 +430,12 @@ def cswin_elfatt_small_224(pretrained: bool = False, **kwargs: Any) -> nn.Module
 @register_model
 def cswin_elfatt_base_224(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """CSWin-B-ELFATT: depths (3, 6, 29, 2), embed 96, heads (4, 8, 16, 32), blocks (4, 4, 4, 1); 73M params."""
-    args = dict(embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), num_blocks=(4, 4, 4, 1))
+    args = dict(embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), block=BASE_BLOCK)
     return _create("cswin_elfatt_base_224", pretrained, args, kwargs)
 
 
 @register_model
 def cswin_elfatt_base_384(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """CSWin-B-ELFATT at 384: the base model; a fixed block count makes its blocks grow with the input."""
-    args = dict(img_size=384, embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), num_blocks=(4, 4, 4, 1))
+    args = dict(img_size=384, embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), block=BASE_BLOCK)
     return _create("cswin_elfatt_base_384", pretrained, args, kwargs)

@@ -12,7 +12,7 @@ Swin's widths, depths and heads, and pre-norm blocks with an MLP of ratio 4. Wha
   the global linear heads see every token and the blockified softmax heads attend inside ``b`` windows. The
   windows come from the paper's fixed block count per stage (default ``(8, 4, 4, 1)``) laid out as the
   squarest grid with more rows than columns: 8 -> (4, 2) windows, 4 -> (2, 2), 1 -> (1, 1) (full softmax in
-  the 7x7 last stage at 224). An ``(nh, nw)`` pair gives the layout directly.
+  the 7x7 last stage at 224). ``block=BlockCount(nh, nw)`` gives the layout directly, a size fixed windows.
 - No relative-position bias (LePE gives position, and a bias would break the mask-free FlashAttention call)
   and no shifted windows: Swin shifts to pass information between windows, which the global heads already do
   in every block.
@@ -44,7 +44,8 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
 from elfatt.models._backbone import build_hierarchical
-from elfatt.models.cswin_elfatt import BlockCount, CSWinELFATT, _cfg
+from elfatt.models.cswin_elfatt import CSWinELFATT, _cfg
+from elfatt.ops.blocks import BlockCount
 
 __all__ = ["SwinELFATT", "window_grid"]
 
@@ -81,11 +82,9 @@ class SwinELFATT(CSWinELFATT):
         super().__init__(embed_dim=embed_dim, depths=depths, num_heads=num_heads, **kwargs)
 
     @staticmethod
-    def block_grid(count: BlockCount) -> tuple[int, int]:
+    def block_grid(count: int) -> tuple[int, int]:
         """The ``(nh, nw)`` windows of a stage given ``b`` blocks (see :func:`window_grid`)."""
-        if isinstance(count, int) and not isinstance(count, bool):
-            return window_grid(count)
-        return tuple(count)
+        return window_grid(count)
 
 
 default_cfgs = generate_default_cfgs(
@@ -100,6 +99,8 @@ default_cfgs = generate_default_cfgs(
 )
 
 HR_BLOCK = 8
+# The base variants' 4, 4, 4 and 1 windows.
+BASE_BLOCK = [BlockCount(2, 2)] * 3 + [BlockCount(1, 1)]
 
 
 def _create(variant: str, pretrained: bool, args: dict[str, Any], kwargs: dict[str, Any]) -> nn.Module:
@@ -123,14 +124,14 @@ def swin_elfatt_small_224(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 @register_model
 def swin_elfatt_base_224(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Swin-B-ELFATT: embed 128, depths (2, 2, 18, 2), heads (4, 8, 16, 32), blocks (4, 4, 4, 1); 91M params."""
-    args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), num_blocks=(4, 4, 4, 1))
+    args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), block=BASE_BLOCK)
     return _create("swin_elfatt_base_224", pretrained, args, kwargs)
 
 
 @register_model
 def swin_elfatt_base_384(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Swin-B-ELFATT at 384: the base model; a fixed block count makes its windows grow with the input."""
-    args = dict(img_size=384, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), num_blocks=(4, 4, 4, 1))
+    args = dict(img_size=384, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), block=BASE_BLOCK)
     return _create("swin_elfatt_base_384", pretrained, args, kwargs)
 
 
@@ -138,12 +139,12 @@ def swin_elfatt_base_384(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 def swin_elfatt_tiny_hr(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Swin-T-ELFATT for high resolution: Swin-T-ELFATT's weights, fixed 8x8 windows in every stage instead of
     the paper's block counts, so the softmax heads cost the same per token at any input (linear in tokens)."""
-    args = dict(img_size=512, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(2, 6, 12, 24), block_sizes=HR_BLOCK)
+    args = dict(img_size=512, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(2, 6, 12, 24), block=HR_BLOCK)
     return _create("swin_elfatt_tiny_hr", pretrained, args, kwargs)
 
 
 @register_model
 def swin_elfatt_base_hr(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Swin-B-ELFATT for high resolution: fixed 8x8 windows in every stage (see :func:`swin_elfatt_tiny_hr`)."""
-    args = dict(img_size=512, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), block_sizes=HR_BLOCK)
+    args = dict(img_size=512, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), block=HR_BLOCK)
     return _create("swin_elfatt_base_hr", pretrained, args, kwargs)

@@ -14,9 +14,10 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
-from elfatt.models.vit_elfatt import DEFAULT_NUM_BLOCKS, VisionTransformerELFATT
+from elfatt._deprecated import count_block, deprecated_block
+from elfatt.models.vit_elfatt import DEFAULT_BLOCK, VisionTransformerELFATT
 from elfatt.modules import ELFATTAttention
-from elfatt.ops.blocks import BlockSpec
+from elfatt.ops.blocks import BlockSpec, normalize_block
 from elfatt.ops.checks import half_split, pair
 
 __all__ = ["TimmELFATTAttention", "patch_timm_vit"]
@@ -154,8 +155,8 @@ def patch_timm_vit(
     model: nn.Module,
     *,
     block: BlockSpec | None = None,
-    num_blocks: int | tuple[int, int] | None = None,
     split: float | None = None,
+    num_blocks: int | tuple[int, int] | None = None,
 ) -> nn.Module:
     """Swap the attention of a timm ``VisionTransformer`` for ELFATT in place, keeping its pretrained weights.
 
@@ -175,9 +176,10 @@ def patch_timm_vit(
     Args:
         model: a timm ``VisionTransformer`` or any module with ``patch_embed`` (with ``patch_size``),
             ``blocks[i].attn`` (with ``qkv``, ``proj``, ``num_heads``, ``head_dim``) and ``num_prefix_tokens``.
-        block: a fixed block of the softmax heads ``(bh, bw)`` (linear cost).
-        num_blocks: instead, the paper's fixed block count ``(nh, nw)``; ``(2, 2)`` when neither is given.
+        block: the softmax heads' blocks: the paper's fixed count (``BlockCount(2, 2)`` when None) or a fixed
+            size (an int or ``(bh, bw)``: linear cost).
         split: fraction of global linear heads; None for half, rounded down for odd head counts.
+        num_blocks: deprecated spelling of ``block=BlockCount(nh, nw)``.
 
     Returns:
         ``model``, patched.
@@ -186,8 +188,8 @@ def patch_timm_vit(
         ValueError: for a model without that structure, attention with an output norm or gate, active patch
             dropout, or a block spec that is not valid.
     """
-    if block is not None and num_blocks is not None:
-        raise ValueError("give either block (a fixed block size) or num_blocks (a fixed block count), not both")
+    block = deprecated_block(block, {"num_blocks": num_blocks}, {"num_blocks": count_block})
+    block = normalize_block(DEFAULT_BLOCK if block is None else block)
     if isinstance(model, VisionTransformerELFATT):
         raise ValueError("the model is already a VisionTransformerELFATT; patch_timm_vit is for timm ViTs")
     for name in ("patch_embed", "blocks"):
@@ -198,7 +200,7 @@ def patch_timm_vit(
     patch_drop = getattr(model, "patch_drop", None)
     if patch_drop is not None and getattr(patch_drop, "prob", 0.0) > 0.0:
         raise ValueError("patch dropout removes tokens from the grid; build the ViT with patch_drop_rate=0")
-    options = dict(block=block, num_blocks=DEFAULT_NUM_BLOCKS if block is None and num_blocks is None else num_blocks)
+    options = dict(block=block)
     hooks = model.patch_embed._forward_pre_hooks.values()
     token_grid = next((hook for hook in hooks if isinstance(hook, _TokenGrid)), None)
     new_grid = token_grid is None

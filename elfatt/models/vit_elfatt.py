@@ -30,9 +30,9 @@ So grid tokens reach the prefix tokens through the global heads only, and the cl
 whole image in every head. With ``P = 0`` the layer is :class:`~elfatt.modules.ELFATTAttention` exactly.
 
 Heads. Half of the heads are global linear heads; with an odd count (DeiT-Ti has 3) the global heads are
-``floor(heads / 2)``: 1 of 3, and 2 blockified heads. Blocks are counted, as in the paper: ``num_blocks=(2, 2)``
+``floor(heads / 2)``: 1 of 3, and 2 blockified heads. Blocks are counted, as in the paper: ``block=BlockCount(2, 2)``
 by default, four 7x7 windows at 224 (Swin-ELFATT's 14x14 stage uses the same four), growing with the input.
-Pass ``block_size`` for fixed-size windows whose cost is linear in the tokens.
+Pass a size (``block=8``) for fixed-size windows whose cost is linear in the tokens.
 
 :func:`~elfatt.models.timm_vit_patch.patch_timm_vit` swaps the attention of an existing timm
 ``VisionTransformer`` for ELFATT in place instead, keeping its pretrained weights.
@@ -51,20 +51,16 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function
 from torch import Tensor
 
+from elfatt._deprecated import count_block, deprecated_block
 from elfatt.models._backbone import ELFATTBackbone, MapRequest, check_build_args, elfatt_cfg, init_weights
 from elfatt.models._blocks import ELFATTBlock
-from elfatt.modules import ELFATTAttention
-from elfatt.ops.blocks import BlockSpec, block_from_count, resolve_block
+from elfatt.ops.blocks import BlockCount, BlockSpec, normalize_block
 from elfatt.ops.checks import half_split, pair
 
-__all__ = ["VisionTransformerELFATT", "PrefixELFATTAttention", "PatchEmbed", "checkpoint_filter_fn"]
+__all__ = ["VisionTransformerELFATT", "PatchEmbed", "checkpoint_filter_fn"]
 
-# Blocks of the softmax heads when neither a count nor a size is given: four windows, 7x7 at 224.
-DEFAULT_NUM_BLOCKS = (2, 2)
-
-
-# ELFATTAttention takes prefix tokens (and timm's qk norm) itself; the name this layer had is kept.
-PrefixELFATTAttention = ELFATTAttention
+# Blocks of the softmax heads when none are given: four windows, 7x7 at 224.
+DEFAULT_BLOCK = BlockCount(2, 2)
 
 
 @register_notrace_function
@@ -124,8 +120,7 @@ class VisionTransformerELFATT(ELFATTBackbone):
         embed_dim: int = 768,
         depth: int = 12,
         num_heads: int = 12,
-        num_blocks: int | tuple[int, int] | None = None,
-        block_size: BlockSpec | None = None,
+        block: BlockSpec | None = None,
         split: float | None = None,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -144,6 +139,8 @@ class VisionTransformerELFATT(ELFATTBackbone):
         act_layer: Callable[[], nn.Module] = nn.GELU,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        num_blocks: int | tuple[int, int] | None = None,
+        block_size: BlockSpec | None = None,
     ) -> None:
         """
         Args:
@@ -156,9 +153,8 @@ class VisionTransformerELFATT(ELFATTBackbone):
             embed_dim: channels.
             depth: blocks.
             num_heads: attention heads.
-            num_blocks: the paper's fixed number of blocks ``(nh, nw)`` of the softmax heads (an int ``n`` for
-                ``(n, n)``); ``(2, 2)`` when neither this nor ``block_size`` is given.
-            block_size: instead, a fixed block ``(bh, bw)``: costs then linear in the tokens.
+            block: the softmax heads' blocks: the paper's fixed count (a :class:`~elfatt.ops.BlockCount`,
+                ``BlockCount(2, 2)`` when None) or a fixed size (an int or ``(bh, bw)``: costs linear in tokens).
             split: fraction of global linear heads; None for half, rounded down (:func:`~elfatt.ops.checks.half_split`).
             mlp_ratio: MLP hidden width over the channels.
             qkv_bias: bias in the qkv projections.
@@ -176,6 +172,7 @@ class VisionTransformerELFATT(ELFATTBackbone):
             fused_attn: block heads through ``F.scaled_dot_product_attention`` (plain matmuls when False).
             norm_layer: normalisation over channels.
             act_layer: MLP activation.
+            num_blocks, block_size: deprecated spellings of ``block``.
             device, dtype: where and how the parameters are made (timm's ``create_model(device=, dtype=)``).
         """
         super().__init__()
@@ -185,10 +182,10 @@ class VisionTransformerELFATT(ELFATTBackbone):
             raise ValueError("global_pool='token' needs class_token=True")
         if reg_tokens < 0:
             raise ValueError(f"reg_tokens must be >= 0, got {reg_tokens}")
-        if num_blocks is not None and block_size is not None:
-            raise ValueError("give at most one of num_blocks (a block count) and block_size (a fixed block size)")
-        if num_blocks is None and block_size is None:
-            num_blocks = DEFAULT_NUM_BLOCKS
+        block = deprecated_block(
+            block, dict(num_blocks=num_blocks, block_size=block_size), dict(num_blocks=count_block)
+        )
+        block = DEFAULT_BLOCK if block is None else block
         split = half_split(num_heads) if split is None else split
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -221,8 +218,7 @@ class VisionTransformerELFATT(ELFATTBackbone):
                     drop_path=rates[i],
                     norm_layer=norm_layer,
                     act_layer=act_layer,
-                    num_blocks=num_blocks,
-                    block=block_size,
+                    block=block,
                     split=split,
                     lepe_kernel=lepe_kernel,
                     fused_attn=fused_attn,
@@ -268,6 +264,7 @@ class VisionTransformerELFATT(ELFATTBackbone):
         self,
         img_size: int | tuple[int, int] | None = None,
         *,
+        block: BlockSpec | None = None,
         num_blocks: int | tuple[int, int] | None = None,
         block_size: BlockSpec | None = None,
     ) -> None:
@@ -275,7 +272,7 @@ class VisionTransformerELFATT(ELFATTBackbone):
 
         Other sizes work without this (the embedding is resized on the fly); setting it makes the resized
         embedding the parameter, as timm's ``set_input_size`` does. With a fixed block count the blocks grow with
-        the input; pass ``num_blocks`` or ``block_size`` to change them.
+        the input; pass ``block`` to change them (``num_blocks`` and ``block_size`` are its deprecated spellings).
         """
         if img_size is not None:
             old_grid = self.patch_embed.grid_size
@@ -286,16 +283,14 @@ class VisionTransformerELFATT(ELFATTBackbone):
                     self.pos_embed, self.patch_embed.grid_size, old_grid, self._embedded_prefix_tokens()
                 )
             self.pos_embed = nn.Parameter(pos_embed.detach().clone(), requires_grad=self.pos_embed.requires_grad)
-        if num_blocks is not None and block_size is not None:
-            raise ValueError("give at most one of num_blocks and block_size")
-        if num_blocks is None and block_size is None:
+        block = deprecated_block(
+            block, dict(num_blocks=num_blocks, block_size=block_size), dict(num_blocks=count_block)
+        )
+        if block is None:
             return
-        if num_blocks is not None:
-            block_from_count((1, 1), num_blocks)
-        else:
-            resolve_block((1, 1), block_size)
-        for block in self.blocks:
-            block.attn.num_blocks, block.attn.block = num_blocks, block_size
+        block = normalize_block(block)
+        for layer in self.blocks:
+            layer.attn.block = block
 
     def _embedded_prefix_tokens(self) -> int:
         return 0 if self.no_embed_class else self.num_prefix_tokens

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["BlockCount", "BlockSpec", "encode_block", "concrete_block", "resolve_block", "block_from_count", "ceil_div"]
+__all__ = ["BlockCount", "BlockSpec", "normalize_block", "encode_block", "concrete_block", "resolve_block", "ceil_div"]
 
 
 class BlockCount(NamedTuple):
@@ -48,6 +48,13 @@ def encode_block(block: object) -> tuple[int, int, bool]:
     return encoded[0], encoded[1], by_count
 
 
+def normalize_block(block: object) -> tuple[int | None, int | None] | BlockCount:
+    """A checked block spec in one form: a ``(bh, bw)`` size (None for a whole side; an int ``b`` as ``(b, b)``)
+    or a :class:`BlockCount`."""
+    bh, bw, by_count = encode_block(block)
+    return BlockCount(bh, bw) if by_count else (bh or None, bw or None)
+
+
 def concrete_block(size: tuple[int, int], block: tuple[int, int, bool]) -> tuple[int, int]:
     """The concrete ``(bh, bw)`` of an encoded block on the grid ``size``: ``1 <= bh <= H``, ``1 <= bw <= W``."""
     (height, width), (bh, bw, by_count) = size, block
@@ -59,15 +66,3 @@ def concrete_block(size: tuple[int, int], block: tuple[int, int, bool]) -> tuple
 def resolve_block(size: tuple[int, int], block: BlockSpec) -> tuple[int, int]:
     """The concrete ``(bh, bw)`` of the block spec ``block`` on the grid ``size``."""
     return concrete_block(size, encode_block(block))
-
-
-def block_from_count(size: tuple[int, int], num_blocks: int | tuple[int, int]) -> tuple[int, int]:
-    """The block that cuts ``size`` into ``num_blocks`` (an int ``n`` for ``(n, n)``) blocks:
-    ``(ceil(H / nh), ceil(W / nw))``. Where a side does not divide, the last block along it is smaller, so the
-    count can be lower than asked (a 5-row grid in 4 blocks gives 3 blocks of 2, 2 and 1 rows)."""
-    counts = (
-        (num_blocks, num_blocks) if isinstance(num_blocks, int) and not isinstance(num_blocks, bool) else num_blocks
-    )
-    if not isinstance(counts, (tuple, list)) or len(counts) != 2:
-        raise TypeError(f"num_blocks must be an int or a (nh, nw) pair, got {num_blocks!r}")
-    return resolve_block(size, BlockCount(*counts))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from elfatt.attention import PEERS, build_peer
+from elfatt_lab.attention import PEERS, build_peer
 
 DIM, HEADS, BATCH = 16, 4, 2
 

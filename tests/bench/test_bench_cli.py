@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from elfatt.bench.cli import main
-from elfatt.bench.runner import DEFAULT_BENCH_MECHANISMS as MECHANISMS
+from elfatt_lab.bench.cli import main
+from elfatt_lab.bench.runner import DEFAULT_BENCH_MECHANISMS as MECHANISMS
 
 
 def test_tiny_sweep_writes_csv_json_and_plots(tmp_path, capsys):
@@ -43,7 +43,7 @@ def test_tiny_sweep_writes_csv_json_and_plots(tmp_path, capsys):
 
 
 def test_backbone_timing_writes_a_row_per_model(tmp_path):
-    from elfatt.bench.backbones import main as backbones_main
+    from elfatt_lab.bench.backbones import main as backbones_main
 
     argv = [
         "--models",
@@ -67,7 +67,7 @@ def test_backbone_timing_writes_a_row_per_model(tmp_path):
 
 
 def test_backbone_timing_refuses_a_csv_path_for_its_output_folder(tmp_path, capsys):
-    from elfatt.bench.backbones import main as backbones_main
+    from elfatt_lab.bench.backbones import main as backbones_main
 
     with pytest.raises(SystemExit):
         backbones_main(["--models", "swin_elfatt_tiny_224", "--timm-models", "--out", str(tmp_path / "b.csv")])
@@ -75,7 +75,7 @@ def test_backbone_timing_refuses_a_csv_path_for_its_output_folder(tmp_path, caps
 
 
 def test_backbone_speedups_are_ratios_to_the_reference_in_the_same_run(tmp_path):
-    from elfatt.bench.backbones import main as backbones_main
+    from elfatt_lab.bench.backbones import main as backbones_main
 
     argv = ["--models", "swin_elfatt_tiny_hr", "--timm-models", "vit_small_patch16_224", "--resolutions", "64"]
     argv += ["--repeats", "1", "--reference", "timm:vit_small_patch16_224", "--no-progress", "--out", str(tmp_path)]
@@ -91,7 +91,7 @@ TINY = ["--levels", "op", "--sides", "4", "6", "--passes", "fwd", "--mechanisms"
 
 
 def test_ctrl_c_keeps_the_rows_so_far_and_resume_continues(tmp_path, monkeypatch, capsys):
-    import elfatt.bench.runner as runner
+    import elfatt_lab.bench.runner as runner
 
     out = tmp_path / "bench"
     real_iterate = runner.iterate
@@ -117,7 +117,7 @@ def test_ctrl_c_keeps_the_rows_so_far_and_resume_continues(tmp_path, monkeypatch
 
 
 def test_compare_marks_changes_beyond_the_noise(tmp_path, capsys):
-    from elfatt.bench.compare import change_rows
+    from elfatt_lab.bench.compare import change_rows
 
     old, new = tmp_path / "old", tmp_path / "new"
     for folder, elfatt_ms in ((old, 2.0), (new, 1.0)):
@@ -136,7 +136,7 @@ def test_compare_marks_changes_beyond_the_noise(tmp_path, capsys):
 
 
 def test_the_load_note_names_other_busy_processes(monkeypatch):
-    from elfatt.bench import cli
+    from elfatt_lab.bench import cli
 
     monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
     assert cli.load_note([]) is None

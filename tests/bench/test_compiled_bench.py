@@ -1,4 +1,4 @@
-"""python -m elfatt.bench.compiled through Dynamo's eager backend (no Inductor build in the tests)."""
+"""python -m elfatt_lab.bench.compiled through Dynamo's eager backend (no Inductor build in the tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from elfatt.bench.compiled import compile_cells, main
+from elfatt_lab.bench.compiled import compile_cells, main
 
 
 def test_eager_and_compiled_side_by_side(tmp_path, capsys):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from elfatt.bench import gpu
-from elfatt.bench.cli import add_arguments
+from elfatt_lab.bench import gpu
+from elfatt_lab.bench.cli import add_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def test_every_step_runs_something_that_exists(tmp_path, monkeypatch):
             paths = [arg for arg in step.argv[3:] if arg.endswith(".py")]
             assert paths and all((ROOT / path).is_file() for path in paths)
             assert step.env == {"TRITON_INTERPRET": "0"}
-        elif module == "elfatt.bench":
+        elif module == "elfatt_lab.bench":
             options = bench.parse_args(step.argv[3:])
             assert options.device == "cuda" and options.dtype == "bf16" and str(options.out).startswith(str(tmp_path))
             assert options.compile == (step.name == "bench-bf16-compile")
@@ -60,5 +60,5 @@ def test_without_cuda_it_refuses_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert (
         capsys.readouterr().err.strip()
-        == "python -m elfatt.bench.gpu: error: needs a CUDA GPU (--dry-run shows the plan)"
+        == "python -m elfatt_lab.bench.gpu: error: needs a CUDA GPU (--dry-run shows the plan)"
     )

@@ -1,4 +1,4 @@
-"""python -m elfatt.bench.layer on tiny grids: the table's ratios are what its own columns say."""
+"""python -m elfatt_lab.bench.layer on tiny grids: the table's ratios are what its own columns say."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import csv
 import pytest
 import torch
 
-from elfatt.bench.layer import _Linears, main
 from elfatt.modules import ELFATTAttention
+from elfatt_lab.bench.layer import _Linears, main
 
 
 def test_writes_the_layer_against_timm_and_its_linears(tmp_path, capsys):

@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 
-from elfatt.bench.measure import (
+from elfatt_lab.bench.measure import (
     MIN_ROUNDS,
     Timing,
     count_flops,
@@ -19,7 +19,7 @@ from elfatt.bench.measure import (
     round_robin_timings,
     time_call,
 )
-from elfatt.bench.runner import BenchConfig, Row, add_ratios, iterate
+from elfatt_lab.bench.runner import BenchConfig, Row, add_ratios, iterate
 
 
 def test_time_call_counts_repeats_and_orders_quartiles():
@@ -100,7 +100,7 @@ def test_cells_predicted_over_budget_are_skipped():
 
 
 def test_a_cell_that_cannot_fit_in_memory_is_skipped_before_it_is_built(monkeypatch):
-    import elfatt.bench.runner as runner
+    import elfatt_lab.bench.runner as runner
 
     def forbidden(cell, config):
         raise AssertionError(f"{cell} was built")
@@ -113,7 +113,7 @@ def test_a_cell_that_cannot_fit_in_memory_is_skipped_before_it_is_built(monkeypa
 
 def test_cells_of_a_group_are_timed_in_interleaved_rounds(monkeypatch):
     """Every round calls every mechanism once, in turn: the order of calls is the round-robin order."""
-    import elfatt.bench.runner as runner
+    import elfatt_lab.bench.runner as runner
 
     calls = []
     config = BenchConfig(levels=("op",), mechanisms=("sdpa", "elfatt"), sides=(4,), passes=("fwd",), repeats=3)
@@ -132,7 +132,7 @@ def test_cells_of_a_group_are_timed_in_interleaved_rounds(monkeypatch):
 
 
 def test_an_unsteady_cell_is_measured_again_then_marked(monkeypatch):
-    import elfatt.bench.runner as runner
+    import elfatt_lab.bench.runner as runner
 
     measured = []
 
@@ -148,7 +148,7 @@ def test_an_unsteady_cell_is_measured_again_then_marked(monkeypatch):
 
 
 def test_only_unsteady_cells_and_the_baselines_are_measured_again(monkeypatch):
-    import elfatt.bench.runner as runner
+    import elfatt_lab.bench.runner as runner
 
     measured = []
 
@@ -169,7 +169,7 @@ def test_only_unsteady_cells_and_the_baselines_are_measured_again(monkeypatch):
 
 
 def test_a_prediction_follows_the_mechanisms_own_growth():
-    from elfatt.bench.runner import predict_call_s
+    from elfatt_lab.bench.runner import predict_call_s
 
     # from one size: quadratic in tokens
     assert predict_call_s([(100, 1.0)], 200) == pytest.approx(4.0)
@@ -183,7 +183,7 @@ def test_a_prediction_follows_the_mechanisms_own_growth():
 
 
 def test_no_round_starts_that_would_end_past_the_budget(monkeypatch):
-    import elfatt.bench.measure as measure
+    import elfatt_lab.bench.measure as measure
 
     clock = [0.0]
     monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])

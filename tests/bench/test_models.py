@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from elfatt.attention import MECHANISMS, build_attention, check_mechanisms
-from elfatt.bench.models import AttentionViT
+from elfatt_lab.attention import MECHANISMS, build_attention, check_mechanisms
+from elfatt_lab.bench.models import AttentionViT
 
 
 @pytest.mark.parametrize("mechanism", list(MECHANISMS))

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from elfatt.data.cache import cache_path, cached
-from elfatt.data.images import ImageFolder, UnreadableImage
-from elfatt.train.cli import main as train_main
+from elfatt_lab.data.cache import cache_path, cached
+from elfatt_lab.data.images import ImageFolder, UnreadableImage
+from elfatt_lab.train.cli import main as train_main
 
 REPO = Path(__file__).resolve().parents[2]
 

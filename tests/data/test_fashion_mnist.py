@@ -10,8 +10,8 @@ import pytest
 import torch
 from fashion_files import write_fashion_files, write_idx
 
-from elfatt.data.fashion_mnist import DEBIAN_DIR, RandomCropFlip, fashion_mnist, fashion_mnist_dir, read_idx
-from elfatt.train import TrainConfig, train
+from elfatt_lab.data.fashion_mnist import DEBIAN_DIR, RandomCropFlip, fashion_mnist, fashion_mnist_dir, read_idx
+from elfatt_lab.train import TrainConfig, train
 
 
 def test_idx_files_are_read_exactly(tmp_path):
@@ -81,7 +81,7 @@ def test_training_reports_the_test_split_once_at_the_end(tmp_path, monkeypatch):
 
 
 def test_a_training_subset_is_a_seeded_draw_of_the_training_split_only(tmp_path):
-    from elfatt.train.tasks import build_task
+    from elfatt_lab.train.tasks import build_task
 
     write_fashion_files(tmp_path / "set", train_count=80, test_count=30)
     whole = build_task("fashion-mnist", val_samples=20, data_dir=tmp_path / "set")
@@ -108,7 +108,7 @@ def test_the_real_files(monkeypatch):
 
 
 def test_the_experiment_reports_test_accuracy_throughput_and_the_frontier(tmp_path, monkeypatch):
-    from elfatt.train import experiments
+    from elfatt_lab.train import experiments
 
     write_fashion_files(tmp_path / "set", train_count=120, test_count=40)
     monkeypatch.setenv("ELFATT_FASHION_MNIST_DIR", str(tmp_path / "set"))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from elfatt.data.cache import cache_path, cached
-from elfatt.data.listops import (
+from elfatt_lab.data.cache import cache_path, cached
+from elfatt_lab.data.listops import (
     OPERATORS,
     PAD_ID,
     VOCAB,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from elfatt.data.pathfinder import PRESETS, PathfinderParams, generate_pathfinder, params_for, sample_pathfinder
+from elfatt_lab.data.pathfinder import PRESETS, PathfinderParams, generate_pathfinder, params_for, sample_pathfinder
 
 
 def connected(image: np.ndarray, dots: np.ndarray, radius: float, reach: int) -> bool:

@@ -13,11 +13,11 @@ from fashion_files import write_fashion_files  # noqa: E402
 from unets import record_op_calls  # noqa: E402
 
 from elfatt.diffusion import apply_patch  # noqa: E402
-from elfatt.diffusion.fashion.__main__ import main  # noqa: E402
-from elfatt.diffusion.fashion.evaluate import EvaluationConfig, evaluate, load_diffusion_model  # noqa: E402
-from elfatt.diffusion.fashion.model import ClassConditionalUNet, generate, to_model_range  # noqa: E402
-from elfatt.diffusion.fashion.quality import feature_statistics, frechet_distance  # noqa: E402
-from elfatt.diffusion.fashion.train import (  # noqa: E402
+from elfatt_lab.diffusion.fashion.__main__ import main  # noqa: E402
+from elfatt_lab.diffusion.fashion.evaluate import EvaluationConfig, evaluate, load_diffusion_model  # noqa: E402
+from elfatt_lab.diffusion.fashion.model import ClassConditionalUNet, generate, to_model_range  # noqa: E402
+from elfatt_lab.diffusion.fashion.quality import feature_statistics, frechet_distance  # noqa: E402
+from elfatt_lab.diffusion.fashion.train import (  # noqa: E402
     ClassifierTrainConfig,
     DiffusionTrainConfig,
     train_classifier,
@@ -38,7 +38,7 @@ NARROW = dict(block_out_channels=(16, 16, 16), norm_num_groups=8, attention_head
 
 @pytest.fixture
 def narrow_unet(monkeypatch):
-    import elfatt.diffusion.fashion.model as model_module
+    import elfatt_lab.diffusion.fashion.model as model_module
 
     monkeypatch.setattr(model_module, "UNET_CONFIG", dict(model_module.UNET_CONFIG, **NARROW))
 

@@ -181,7 +181,7 @@ def test_rejects_objects_without_a_unet():
 
 
 def test_importing_elfatt_does_not_import_diffusers_or_triton():
-    code = "import sys, elfatt, elfatt.bench.cli; assert not {'diffusers', 'triton'} & set(sys.modules)"
+    code = "import sys, elfatt, elfatt_lab.bench.cli; assert not {'diffusers', 'triton'} & set(sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

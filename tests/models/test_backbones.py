@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import elfatt.models as models
+from elfatt import BlockCount
 from elfatt.models import CSWinELFATT, SwinELFATT
 
 # Reduced configs: the real layouts' structure (4 stages, conv merging, split heads) at a fraction of the cost.
@@ -171,8 +172,9 @@ def test_drop_path_is_stochastic_in_training_only(name, generator):
 def test_block_layouts():
     cswin = _small("cswin_elfatt_tiny_224")
     swin = _small("swin_elfatt_tiny_224")
-    assert [s.blocks[0].attn.num_blocks for s in cswin.stages] == [(8, 1), (4, 1), (4, 1), (1, 1)]
-    assert [s.blocks[0].attn.num_blocks for s in swin.stages] == [(4, 2), (2, 2), (2, 2), (1, 1)]
+    assert [s.blocks[0].attn.block for s in cswin.stages] == [(8, 1), (4, 1), (4, 1), (1, 1)]
+    assert [s.blocks[0].attn.block for s in swin.stages] == [(4, 2), (2, 2), (2, 2), (1, 1)]
+    assert all(isinstance(s.blocks[0].attn.block, BlockCount) for s in (*cswin.stages, *swin.stages))
     # At 224 the last stage is one 7x7 block: full softmax on the block heads.
     assert cswin.stages[3].blocks[0].attn.block_size((7, 7)) == (7, 7)
     assert cswin.stages[0].blocks[0].attn.block_size((56, 56)) == (7, 56)
@@ -182,23 +184,38 @@ def test_block_layouts():
 
 
 def test_fixed_block_sizes_and_set_input_size(generator):
-    model = _small("cswin_elfatt_tiny_224", block_sizes=(2, None))
+    model = _small("cswin_elfatt_tiny_224", block=(2, None))
     assert [s.blocks[0].attn.block_size((56, 56)) for s in model.stages] == [(2, 56)] * 4
     # A caller's block sizes replace a variant's own block counts.
-    base = _small("swin_elfatt_base_224", block_sizes=[7, 7, (7, None), 7])
+    base = _small("swin_elfatt_base_224", block=[7, 7, (7, None), 7])
     assert [s.blocks[0].attn.block_size((56, 56)) for s in base.stages] == [(7, 7), (7, 7), (7, 56), (7, 7)]
     x = torch.randn(1, 3, 96, 64, generator=generator)
     before = model(x)
-    model.set_input_size((96, 64), num_blocks=(4, 2, 2, 1))
+    model.set_input_size((96, 64), block=[BlockCount(4, 1), BlockCount(2, 1), BlockCount(2, 1), BlockCount(1, 1)])
     assert model.img_size == (96, 64)
     assert [s.blocks[-1].attn.block_size((24, 16)) for s in model.stages] == [(6, 16), (12, 16), (12, 16), (24, 16)]
     assert not torch.allclose(model(x), before)
-    model.set_input_size(block_sizes=[(2, None)] * 4)
+    model.set_input_size(block=[(2, None)] * 4)
     torch.testing.assert_close(model(x), before)
-    with pytest.raises(ValueError, match="at most one"):
+    with pytest.raises(ValueError, match="one entry per stage"):
+        model.set_input_size(block=[2, 2, 2])
+
+
+def test_the_old_block_keywords_of_the_backbones_still_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="block_sizes= is deprecated"):
+        model = _small("cswin_elfatt_tiny_224", block_sizes=(2, None))
+    assert [s.blocks[0].attn.block for s in model.stages] == [(2, None)] * 4
+    # b blocks as each family lays them out: stripes in CSWin, the squarest windows in Swin
+    with pytest.warns(DeprecationWarning, match="num_blocks= is deprecated"):
+        model.set_input_size(num_blocks=(4, 2, 2, 1))
+    assert [s.blocks[0].attn.block for s in model.stages] == [(4, 1), (2, 1), (2, 1), (1, 1)]
+    with pytest.warns(DeprecationWarning):
+        swin = _small("swin_elfatt_base_224", num_blocks=8)
+    assert [s.blocks[0].attn.block for s in swin.stages] == [BlockCount(4, 2)] * 4
+    with pytest.raises(ValueError, match="give only block="):
         model.set_input_size(num_blocks=2, block_sizes=2)
-    with pytest.raises(ValueError, match="num_blocks"):
-        model.set_input_size(num_blocks=(2, 2, 2))
+    with pytest.raises(ValueError, match="give only block="):
+        model.set_input_size(block=2, num_blocks=2)
 
 
 @pytest.mark.parametrize("name", ["swin_elfatt_tiny_hr", "swin_elfatt_base_hr"])
@@ -219,7 +236,7 @@ def test_bad_arguments_raise_clear_errors(generator):
         model(torch.randn(1, 4, 64, 64, generator=generator))
     with pytest.raises(ValueError, match="at least 3x3"):
         model(torch.randn(1, 3, 2, 64, generator=generator))
-    with pytest.raises(ValueError, match="at most one"):
+    with pytest.raises(ValueError, match="give only block="):
         CSWinELFATT(**SMALL, num_blocks=2, block_sizes=4)
     with pytest.raises(ValueError, match="one entry per stage"):
         CSWinELFATT(**{**SMALL, "num_heads": (2, 2, 4)})

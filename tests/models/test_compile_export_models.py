@@ -17,8 +17,8 @@ from conftest import rel_error
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import elfatt.models as models
-from elfatt.cli import main
 from elfatt.export import check_onnx, export_onnx, min_side
+from elfatt_lab.cli import main
 
 SMALL = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4), num_classes=5)
 SMALL_VIT = dict(embed_dim=24, depth=1, num_heads=3, num_classes=5)

@@ -38,7 +38,7 @@ def test_fixed_block_counts_make_the_sparse_part_grow_quadratically(meta_device)
     _, nfa_224, fa_224 = count_params_flops(model, (224, 224))
     _, nfa_384, fa_384 = count_params_flops(model, (384, 384))
     assert (nfa_384 - fa_384) / (nfa_224 - fa_224) == pytest.approx((384 / 224) ** 4, rel=0.05)
-    model.set_input_size(384, block_sizes=[(14, 28), (14, 14), (7, 7), (7, 7)])
+    model.set_input_size(384, block=[(14, 28), (14, 14), (7, 7), (7, 7)])
     _, nfa_fixed, fa_fixed = count_params_flops(model, (384, 384))
     # Only the per-block LePE convs change: they run on zero-padded edge blocks.
     assert fa_fixed == pytest.approx(fa_384, rel=1e-3)

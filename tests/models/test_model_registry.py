@@ -1,4 +1,4 @@
-"""Registration with timm (lazy: ``import elfatt`` does not import timm), the core without timm, and the configs."""
+"""Registration with timm (explicit: ``import elfatt`` does not import timm), the core without timm, and the configs."""
 
 from __future__ import annotations
 
@@ -55,23 +55,26 @@ def _run_python(code: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("order", ["elfatt first", "timm first"])
-def test_import_elfatt_is_enough_for_timm_create_model(order):
-    imports = "import elfatt\nimport timm" if order == "elfatt first" else "import timm\nimport elfatt"
+@pytest.mark.parametrize("how", ["import elfatt.models", "elfatt.register_models()"])
+def test_registration_is_explicit_and_import_elfatt_alone_does_not_import_timm(how):
     out = _run_python(
         f"""
         import sys
-        {imports.splitlines()[0]}
-        print("timm imported by elfatt:", {order == "elfatt first"} and "timm" in sys.modules)
-        {imports.splitlines()[1]}
+        import elfatt
+        print("timm imported by elfatt:", "timm" in sys.modules)
+        import timm
+        print("registered by import elfatt:", timm.is_model("cswin_elfatt_tiny_224"))
+        {"import elfatt.models" if how.startswith("import") else "print('names', len(elfatt.register_models()))"}
         import torch
         model = timm.create_model("cswin_elfatt_tiny_224", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4),
                                   num_classes=3)
         print(type(model).__name__, tuple(model(torch.randn(1, 3, 64, 48)).shape))
         """
     )
-    assert "timm imported by elfatt: False" in out
+    assert "timm imported by elfatt: False" in out and "registered by import elfatt: False" in out
     assert "CSWinELFATT (1, 3)" in out
+    if how.startswith("elfatt"):
+        assert f"names {len(VARIANTS)}" in out
 
 
 def test_core_works_without_timm():

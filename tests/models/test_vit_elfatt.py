@@ -16,9 +16,11 @@ from model_helpers import meta_device  # noqa: F401
 import elfatt
 import elfatt.models as models
 import elfatt.ops.reference as reference
-from elfatt.models import PrefixELFATTAttention, VisionTransformerELFATT, patch_timm_vit
+from elfatt import BlockCount
+from elfatt.models import VisionTransformerELFATT, patch_timm_vit
 from elfatt.models.timm_vit_patch import TimmELFATTAttention
 from elfatt.models.vit_elfatt import checkpoint_filter_fn, resample_abs_pos_embed
+from elfatt.modules import ELFATTAttention
 
 VARIANTS = ["vit_elfatt_tiny_patch16_224", "vit_elfatt_small_patch16_224", "vit_elfatt_base_patch16_224"]
 # Reduced config: DeiT-Ti's 3 heads (1 global, 2 blockified) at a fraction of the cost.
@@ -84,7 +86,7 @@ def reference_prefix_attention(
     return out @ params["proj.weight"].T + params["proj.bias"]
 
 
-def _reference_of(layer: PrefixELFATTAttention, x: torch.Tensor, size: tuple[int, int], prefix: int) -> torch.Tensor:
+def _reference_of(layer: ELFATTAttention, x: torch.Tensor, size: tuple[int, int], prefix: int) -> torch.Tensor:
     params = dict(layer.named_parameters())
     return reference_prefix_attention(
         params, x, size, prefix, layer.num_heads, layer.num_global_heads, layer.block_size(size)
@@ -92,11 +94,11 @@ def _reference_of(layer: PrefixELFATTAttention, x: torch.Tensor, size: tuple[int
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# PrefixELFATTAttention
+# ELFATTAttention
 
 LAYER_CASES = [
     # dim, heads, grid, layer options
-    (24, 3, (4, 5), dict(num_blocks=(2, 2), split=1 / 3)),
+    (24, 3, (4, 5), dict(block=BlockCount(2, 2), split=1 / 3)),
     (32, 4, (5, 3), dict(block=(2, 2), qkv_bias=True)),
     (16, 2, (3, 6), dict(block=(None, 2), split=1.0)),
     (16, 2, (4, 4), dict(block=(2, None), split=0.0)),
@@ -109,7 +111,7 @@ LAYER_IDS = [f"C{c}-H{h}-{s[0]}x{s[1]}-" + "-".join(f"{k}{v}" for k, v in o.item
 def test_no_prefix_tokens_is_elfatt_attention_exactly(dim, heads, size, options, fused, generator):
     layer = elfatt.ELFATTAttention(dim, heads, fused_attn=fused, **options)
     _randomise(layer, generator)
-    prefix_layer = PrefixELFATTAttention(dim, heads, fused_attn=fused, **options)
+    prefix_layer = ELFATTAttention(dim, heads, fused_attn=fused, **options)
     prefix_layer.load_state_dict(layer.state_dict())
     assert prefix_layer.state_dict().keys() == layer.state_dict().keys()
     x = torch.randn(2, size[0] * size[1], dim, generator=generator)
@@ -121,7 +123,7 @@ def test_no_prefix_tokens_is_elfatt_attention_exactly(dim, heads, size, options,
 @pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "plain"])
 @pytest.mark.parametrize("dim, heads, size, options", LAYER_CASES, ids=LAYER_IDS)
 def test_prefix_layer_matches_reference(dim, heads, size, options, fused, prefix, generator):
-    layer = PrefixELFATTAttention(dim, heads, fused_attn=fused, **options)
+    layer = ELFATTAttention(dim, heads, fused_attn=fused, **options)
     _randomise(layer, generator)
     layer_ref = copy.deepcopy(layer).double()
     x = torch.randn(2, prefix + size[0] * size[1], dim, generator=generator, dtype=torch.float64)
@@ -139,7 +141,7 @@ def test_prefix_layer_matches_reference(dim, heads, size, options, fused, prefix
 
 def test_block_heads_keep_grid_tokens_in_their_block(generator):
     """A grid token's block-head output ignores the prefix tokens and the other blocks; a prefix token's does not."""
-    layer = PrefixELFATTAttention(16, 2, block=(2, 2), split=0.0)
+    layer = ELFATTAttention(16, 2, block=(2, 2), split=0.0)
     _randomise(layer, generator)
     size, prefix = (4, 4), 1
     x = torch.randn(1, prefix + 16, 16, generator=generator)
@@ -154,7 +156,7 @@ def test_block_heads_keep_grid_tokens_in_their_block(generator):
 
 
 def test_prefix_layer_bad_arguments(generator):
-    layer = PrefixELFATTAttention(16, 2)
+    layer = ELFATTAttention(16, 2)
     x = torch.randn(1, 1 + 12, 16, generator=generator)
     with pytest.raises(ValueError, match="make 14 tokens, which does not match the 13"):
         layer(x, (3, 4), 2)
@@ -229,7 +231,7 @@ def test_heads_split_and_blocks():
     # Four windows: 7x7 at 224, growing with the input; a fixed block size instead.
     assert tiny.blocks[0].attn.block_size((14, 14)) == (7, 7)
     assert tiny.blocks[0].attn.block_size((24, 24)) == (12, 12)
-    fixed = _small(block_size=(7, None))
+    fixed = _small(block=(7, None))
     assert fixed.blocks[0].attn.block_size((24, 24)) == (7, 24)
 
 
@@ -322,9 +324,12 @@ def test_position_embedding_resizing(generator):
     model.set_input_size((96, 48))
     assert model.img_size == (96, 48) and model.pos_embed.shape == (1, 1 + 6 * 3, 24)
     torch.testing.assert_close(model(x), before)
-    model.set_input_size(block_size=(3, 3))
+    model.set_input_size(block=(3, 3))
     assert model.blocks[0].attn.block_size((6, 3)) == (3, 3)
-    with pytest.raises(ValueError, match="at most one"):
+    with pytest.warns(DeprecationWarning, match="num_blocks= is deprecated"):
+        model.set_input_size(num_blocks=2)
+    assert model.blocks[0].attn.block == BlockCount(2, 2)
+    with pytest.raises(ValueError, match="give only block="):
         model.set_input_size(num_blocks=2, block_size=2)
 
 
@@ -348,7 +353,7 @@ def test_bad_arguments_raise_clear_errors(generator):
         model(torch.randn(1, 4, 64, 64, generator=generator))
     with pytest.raises(ValueError, match="class_token"):
         VisionTransformerELFATT(**SMALL, class_token=False)
-    with pytest.raises(ValueError, match="at most one"):
+    with pytest.raises(ValueError, match="give only block="):
         VisionTransformerELFATT(**SMALL, num_blocks=2, block_size=4)
     with pytest.raises(ValueError, match="whole number"):
         VisionTransformerELFATT(**SMALL, split=0.5)
@@ -614,7 +619,7 @@ def test_patch_errors(generator):
         patch_timm_vit(no_qkv)
     with pytest.raises(ValueError, match="no 'patch_embed'"):
         patch_timm_vit(nn.Module())
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="give only block="):
         patch_timm_vit(_stand_in(generator), block=2, num_blocks=2)
     with pytest.raises(ValueError, match="already a VisionTransformerELFATT"):
         patch_timm_vit(_small())

@@ -10,7 +10,7 @@ from conftest import assert_close
 
 import elfatt
 import elfatt.ops.reference as reference
-from elfatt.ops.blocks import BlockCount, block_from_count, encode_block, resolve_block
+from elfatt.ops.blocks import BlockCount, encode_block, normalize_block, resolve_block
 from elfatt.ops.plan import plan_for
 
 
@@ -32,9 +32,13 @@ def test_resolve_block(size, block, expected):
     assert resolve_block(size, block) == expected
 
 
-def test_block_from_count_takes_an_int_or_a_pair():
-    assert block_from_count((56, 56), 4) == (14, 14)
-    assert block_from_count((56, 56), (4, 1)) == (14, 56)
+def test_a_block_spec_has_one_normal_form():
+    assert normalize_block(4) == (4, 4) and normalize_block((2, None)) == (2, None)
+    counted = normalize_block(BlockCount(4, 1))
+    assert counted == BlockCount(4, 1) and isinstance(counted, BlockCount)
+    assert resolve_block((56, 56), BlockCount(4, 1)) == (14, 56)
+    with pytest.raises(ValueError, match=">= 1"):
+        normalize_block((0, 2))
 
 
 @pytest.mark.parametrize(

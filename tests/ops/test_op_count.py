@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from elfatt import ELFATTAttention
-from elfatt.bench.op_count import count_ops
+from elfatt_lab.bench.op_count import count_ops
 
 timm_layers = pytest.importorskip("timm.layers")
 

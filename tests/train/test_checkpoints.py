@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import elfatt.train.checkpoint as checkpoint_module
-import elfatt.train.loop as loop
-from elfatt.train import TrainConfig, train
-from elfatt.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
-from elfatt.train.cli import main
+import elfatt_lab.train.checkpoint as checkpoint_module
+import elfatt_lab.train.loop as loop
+from elfatt_lab.train import TrainConfig, train
+from elfatt_lab.train.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from elfatt_lab.train.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(task="digits", model="elfatt", batch_size=64, dim=16, depth=1, heads=2, progress=False)
@@ -89,7 +89,7 @@ def test_resume_after_a_failed_save_is_exact(tmp_path, monkeypatch):
 SLOW_WRITER = """
 import sys, time, torch
 from pathlib import Path
-import elfatt.train.checkpoint as checkpoint
+import elfatt_lab.train.checkpoint as checkpoint
 path = Path(sys.argv[1])
 checkpoint.save_checkpoint({"weights": torch.zeros(4)}, path)
 
@@ -206,7 +206,7 @@ def test_resume_refuses_another_run_in_one_line(options, message, trained_run, t
 
 CACHE_BUILDER = """
 import sys, time, torch
-from elfatt.data.cache import cached
+from elfatt_lab.data.cache import cached
 
 def build():
     time.sleep(1.0)
@@ -228,8 +228,8 @@ def test_two_processes_building_one_cache_end_with_one_whole_file(tmp_path):
 
 DYING_RANK = """
 import os, sys
-import elfatt.train.loop as loop
-from elfatt.train.cli import main
+import elfatt_lab.train.loop as loop
+from elfatt_lab.train.cli import main
 
 if os.environ["RANK"] == "1" and os.environ.get("DIE_IN_EPOCH"):
     original, passes = loop._run_epoch, []

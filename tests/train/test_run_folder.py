@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from elfatt._run_folder import LOCK_NAME, RunFolderError, owned_run_folder
-from elfatt.train.cli import main
+from elfatt_lab._run_folder import LOCK_NAME, RunFolderError, owned_run_folder
+from elfatt_lab.train.cli import main
 
 CLI_TINY = ["--task", "digits", "--model", "elfatt", "--batch-size", "64", "--dim", "16", "--depth", "1"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from elfatt.train import TrainConfig, train
-from elfatt.train.cli import main
-from elfatt.train.experiments import MECHANISMS as DEFAULT_MECHANISMS
-from elfatt.train.experiments import PRESETS
+from elfatt_lab.train import TrainConfig, train
+from elfatt_lab.train.cli import main
+from elfatt_lab.train.experiments import MECHANISMS as DEFAULT_MECHANISMS
+from elfatt_lab.train.experiments import PRESETS
 
 TINY = dict(epochs=1, batch_size=32, dim=16, depth=1, heads=2, progress=False)
 
@@ -49,7 +49,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "elfatt.train", "--task", "digits", "--model", "elfatt", "--epochs", "1", "--batch-size", "32",
+        "-m", "elfatt_lab.train", "--task", "digits", "--model", "elfatt", "--epochs", "1", "--batch-size", "32",
         "--dim", "16", "--depth", "1", "--heads", "2", "--no-progress", "--out", str(out),
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -91,8 +91,8 @@ def test_unknown_pool_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--pool", "avg"])
     assert exit_info.value.code == 2 and "invalid choice: 'avg'" in capsys.readouterr().err
-    from elfatt.train.model import SmallTransformer
-    from elfatt.train.tasks import build_task
+    from elfatt_lab.train.model import SmallTransformer
+    from elfatt_lab.train.tasks import build_task
 
     with pytest.raises(ValueError, match="unknown pool 'avg'"):
         SmallTransformer(build_task("digits"), "elfatt", pool="avg")
@@ -100,8 +100,8 @@ def test_unknown_pool_is_refused(capsys):
 
 @pytest.mark.parametrize("pool", ["mean", "max"])
 def test_pooling_feeds_the_head_the_token_mean_or_max(pool):
-    from elfatt.train.model import SmallTransformer
-    from elfatt.train.tasks import build_task
+    from elfatt_lab.train.model import SmallTransformer
+    from elfatt_lab.train.tasks import build_task
 
     task = build_task("digits")
     torch.manual_seed(0)
@@ -116,18 +116,18 @@ def test_pooling_feeds_the_head_the_token_mean_or_max(pool):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_experiment_preset_is_a_valid_config(name):
-    from elfatt.attention import MECHANISMS
+    from elfatt_lab.attention import MECHANISMS
 
     options = {key: value for key, value in PRESETS[name].items() if key != "mechanisms"}
     config = TrainConfig(**options)
-    from elfatt.train.tasks import TASKS
+    from elfatt_lab.train.tasks import TASKS
 
     assert config.task in TASKS
     assert set(PRESETS[name].get("mechanisms", DEFAULT_MECHANISMS)) <= set(MECHANISMS)
 
 
 def test_experiments_add_seeds_to_earlier_runs_of_the_same_settings(tmp_path):
-    from elfatt.train.experiments import main as experiments
+    from elfatt_lab.train.experiments import main as experiments
 
     def seeds_in_summary() -> list[tuple[str, str]]:
         with (tmp_path / "runs.csv").open() as handle:
@@ -162,7 +162,7 @@ def test_experiments_add_seeds_to_earlier_runs_of_the_same_settings(tmp_path):
 
 
 def test_experiments_write_a_summary(tmp_path):
-    from elfatt.train.experiments import main as experiments
+    from elfatt_lab.train.experiments import main as experiments
 
     argv = ["--task", "digits", "--mechanisms", "elfatt", "vanilla", "--seeds", "0", "--epochs", "1"]
     assert experiments([*argv, "--out", str(tmp_path)]) == 0
@@ -185,7 +185,7 @@ def test_lra_tasks_train_a_step(task, tmp_path, monkeypatch):
 
 
 def test_pathfinder_path_length_is_its_own_cached_set(tmp_path, monkeypatch):
-    from elfatt.train.tasks import build_task
+    from elfatt_lab.train.tasks import build_task
 
     monkeypatch.setenv("ELFATT_DATA_DIR", str(tmp_path))
     lra = build_task("pathfinder32", train_samples=4, val_samples=2)
@@ -212,9 +212,9 @@ def _decay_of(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[
 
 @pytest.mark.parametrize("name", ["swin", "elfatt", "vit_elfatt_tiny_patch16_224"])
 def test_weight_decay_skips_biases_norms_and_what_the_model_names(name):
-    from elfatt.train.loop import build_optimizer
-    from elfatt.train.model import build_model
-    from elfatt.train.tasks import build_task
+    from elfatt_lab.train.loop import build_optimizer
+    from elfatt_lab.train.model import build_model
+    from elfatt_lab.train.tasks import build_task
 
     task = build_task("digits")
     if name.startswith("vit"):
@@ -250,7 +250,7 @@ def _uniform_folder(root: Path, value: int) -> None:
 def test_folder_images_are_normalised_and_augmented_on_request(tmp_path):
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from elfatt.train.tasks import build_task
+    from elfatt_lab.train.tasks import build_task
 
     _uniform_folder(tmp_path, 100)
     plain = build_task(f"folder:{tmp_path}", image_size=16)
@@ -275,7 +275,7 @@ def test_augmented_training_resumes_exactly(tmp_path):
 
 
 def test_plot_titles_say_how_many_seeds_each_mechanism_has():
-    from elfatt.train.experiments import seeds_label
+    from elfatt_lab.train.experiments import seeds_label
 
     three = [dict(mechanism=name, seed=seed) for name in ("elfatt", "sdpa") for seed in range(3)]
     assert seeds_label(three) == "3 seeds"

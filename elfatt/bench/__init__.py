@@ -1,1 +1,0 @@
-"""The benchmark: ELFATT timed against every mechanism of :mod:`elfatt.attention`, side by side in one run."""

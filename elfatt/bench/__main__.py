@@ -1,5 +1,0 @@
-"""``python -m elfatt.bench``."""
-
-from elfatt.bench.cli import main
-
-raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""Evidence without pretrained weights: the patch on a randomly initialised UNet with Stable Diffusion 1.5's config.
+
+``python -m elfatt_lab.diffusion.bench`` times one UNet step and the self-attention layers inside it, with and
+without the patch, at the given latent sizes, and reports how far the patched output is from the original.
+With random weights the difference says how much the patch changes a layer stack of this size, not image quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from elfatt.diffusion.patch import apply_patch, remove_patch
+from elfatt_lab._csv import write_rows
+
+__all__ = ["SD15_UNET_CONFIG", "SelfAttentionClock", "build_sd15_unet", "main"]
+
+# The unet/config.json of Stable Diffusion 1.5, written out so nothing is downloaded.
+SD15_UNET_CONFIG = dict(
+    act_fn="silu",
+    attention_head_dim=8,
+    block_out_channels=(320, 640, 1280, 1280),
+    center_input_sample=False,
+    cross_attention_dim=768,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    downsample_padding=1,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    in_channels=4,
+    layers_per_block=2,
+    mid_block_scale_factor=1,
+    norm_eps=1e-5,
+    norm_num_groups=32,
+    out_channels=4,
+    sample_size=64,
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+
+
+def build_sd15_unet(seed: int = 0) -> nn.Module:
+    """SD 1.5's UNet2DConditionModel with random weights (860M parameters)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
+
+
+class SelfAttentionClock:
+    """Adds up the wall time spent inside every ``attn1`` module during a call."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        self.seconds = 0.0
+        self._starts: list[float] = []
+        self._handles = []
+        for name, module in unet.named_modules():
+            if name.endswith("attn1"):
+                self._handles.append(module.register_forward_pre_hook(self._start))
+                self._handles.append(module.register_forward_hook(self._stop))
+
+    def _start(self, *_: object) -> None:
+        self._starts.append(time.perf_counter())
+
+    def _stop(self, *_: object) -> None:
+        self.seconds += time.perf_counter() - self._starts.pop()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _measure(unet: nn.Module, inputs: tuple, repeats: int) -> tuple[float, float, torch.Tensor]:
+    """Median UNet step and median self-attention time in ms, and the output of the last step."""
+    clock = SelfAttentionClock(unet)
+    steps, attention = [], []
+    with torch.inference_mode():
+        out = unet(*inputs).sample
+        for _ in range(repeats):
+            clock.seconds = 0.0
+            start = time.perf_counter()
+            out = unet(*inputs).sample
+            steps.append((time.perf_counter() - start) * 1e3)
+            attention.append(clock.seconds * 1e3)
+    clock.remove()
+    return statistics.median(steps), statistics.median(attention), out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the measurement; prints a table and writes ``diffusion.csv`` under ``--out``."""
+    parser = argparse.ArgumentParser(prog="python -m elfatt_lab.diffusion.bench", description=__doc__)
+    parser.add_argument("--latents", nargs="+", default=["64x64", "128x128"], help="latent sizes HxW")
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.0], help="merge ratios of the patch")
+    parser.add_argument("--block", type=int, default=16)
+    parser.add_argument("--max-downsample", type=int, default=1, help="patch the UNet levels downsampled at most this")
+    parser.add_argument("--batch", type=int, default=2, help="2: classifier-free guidance's pair")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args(argv)
+    try:
+        latents = [tuple(int(side) for side in text.lower().split("x")) for text in args.latents]
+        if any(len(size) != 2 or min(size) < 1 for size in latents):
+            raise ValueError
+    except ValueError:
+        parser.exit(2, f"{parser.prog}: error: latent sizes must look like 64x64, got {args.latents}\n")
+
+    unet = build_sd15_unet()
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    print(
+        f"SD 1.5 UNet (random weights), batch {args.batch}, fp32, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}"
+    )
+    columns = ("latent", 9), ("variant", 18), ("step ms", 10), ("self-attn ms", 13), ("step x", 7), ("attn x", 7)
+    print(" ".join(f"{name:>{width}}" for name, width in columns) + f" {'rel diff':>9}")
+    for height, width in latents:
+        sample = torch.randn(args.batch, 4, height, width, generator=generator)
+        context = torch.randn(args.batch, 77, 768, generator=generator)
+        inputs = (sample, torch.tensor(500), context)
+        remove_patch(unet)
+        base_step, base_attention, base_out = _measure(unet, inputs, args.repeats)
+        variants = [("original", base_step, base_attention, 0.0)]
+        for ratio in args.ratios:
+            apply_patch(unet, ratio=ratio, block=args.block, max_downsample=args.max_downsample)
+            step, attention, out = _measure(unet, inputs, args.repeats)
+            difference = ((out - base_out).norm() / base_out.norm()).item()
+            variants.append((f"elfatt ratio={ratio:g}", step, attention, difference))
+        remove_patch(unet)
+        for name, step, attention, difference in variants:
+            row = dict(
+                latent=f"{height}x{width}",
+                variant=name,
+                step_ms=step,
+                self_attention_ms=attention,
+                step_speedup=base_step / step,
+                attention_speedup=base_attention / attention,
+                relative_difference=difference,
+            )
+            rows.append(row)
+            print(
+                f"{row['latent']:>9} {name:>18} {step:>10.0f} {attention:>13.0f} {row['step_speedup']:>6.2f}x "
+                f"{row['attention_speedup']:>6.2f}x {difference:>9.3f}",
+                flush=True,
+            )
+    write_rows(rows, args.out / "diffusion.csv")
+    print(f"wrote {args.out / 'diffusion.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""Image quality and speed of the training-free patch on the diffusion model trained here.
+
+Every setting generates the same samples (sample ``i``: class ``i % 10``, noise seed ``i``, DDIM, classifier-free
+guidance) and is scored by the Frechet distance of the judge classifier's features to the 10,000 real test images,
+the samples' class accuracy under that classifier, and the mean absolute pixel difference to the original
+attention's samples. Speed: the wall time of the generation, the time inside the self-attention layers during it,
+and one guided denoising step timed with every setting in turn, round after round (medians), so that the ratios
+to the original come from one stretch of the machine's time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from elfatt.diffusion.patch import apply_patch, remove_patch
+from elfatt_lab._atomic import atomic_save_figure, atomic_write_text
+from elfatt_lab._csv import write_rows
+from elfatt_lab._progress import progress_bar
+from elfatt_lab.data.fashion_mnist import CLASSES, fashion_mnist_pixels
+from elfatt_lab.diffusion.bench import SelfAttentionClock
+from elfatt_lab.diffusion.fashion.model import ClassConditionalUNet, generate, load_model, to_model_range
+from elfatt_lab.diffusion.fashion.quality import (
+    FashionClassifier,
+    class_accuracy,
+    feature_statistics,
+    features,
+    frechet_distance,
+)
+from elfatt_lab.diffusion.fashion.train import DEFAULT_OUT
+
+__all__ = ["SETTINGS", "EvaluationConfig", "Setting", "evaluate", "load_diffusion_model"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way to run the UNet's self-attention: ``patch`` holds :func:`apply_patch`'s options, None the original."""
+
+    name: str
+    patch: dict | None
+
+
+SETTINGS = (
+    Setting("original", None),
+    Setting("elfatt", dict(ratio=0.0, block=16)),
+    Setting("elfatt, merge 0.25", dict(ratio=0.25, block=16)),
+    Setting("elfatt, merge 0.5", dict(ratio=0.5, block=16)),
+    Setting("elfatt, block 8", dict(ratio=0.0, block=8)),
+    Setting("tome (merge only) 0.25", dict(ratio=0.25, attention="merge-only")),
+    Setting("tome (merge only) 0.5", dict(ratio=0.5, attention="merge-only")),
+)
+
+
+@dataclass
+class EvaluationConfig:
+    """What the evaluation generates and where it reads and writes."""
+
+    model_dir: Path = DEFAULT_OUT
+    out: Path = DEFAULT_OUT
+    samples: int = 500
+    steps: int = 20
+    guidance: float = 3.0
+    batch_size: int = 50
+    timing_rounds: int = 5
+    settings: Sequence[str] = field(default_factory=lambda: [setting.name for setting in SETTINGS])
+    grid_columns: int = 20
+    data_dir: Path | None = None
+    progress: bool = True
+
+
+def load_diffusion_model(folder: Path) -> ClassConditionalUNet:
+    """The trained model of ``folder`` (``unet.safetensors``, ``unet.json``)."""
+    model, _ = load_model(
+        folder, "unet", lambda config: ClassConditionalUNet(config["unet_config"], config["num_classes"])
+    )
+    return model
+
+
+def _apply(model: ClassConditionalUNet, setting: Setting) -> None:
+    remove_patch(model)
+    if setting.patch is not None:
+        apply_patch(model, **setting.patch)
+
+
+def _check(config: EvaluationConfig) -> list[Setting]:
+    known = {setting.name: setting for setting in SETTINGS}
+    unknown = [name for name in config.settings if name not in known]
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}; choose from {', '.join(map(repr, known))}")
+    for name in ("samples", "steps", "batch_size", "timing_rounds"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.samples < 2:
+        raise ValueError("samples must be >= 2 for a covariance")
+    # The original attention always runs first: every ratio and pixel difference is taken against it.
+    return [known[name] for name in dict.fromkeys(["original", *config.settings])]
+
+
+def _timed_step(model: ClassConditionalUNet, inputs: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
+    """One guided denoising step (the conditional and unconditional halves in one batch): ms, self-attention ms."""
+    clock = SelfAttentionClock(model.unet)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(*inputs)
+        seconds = time.perf_counter() - start
+    clock.remove()
+    return seconds * 1e3, clock.seconds * 1e3
+
+
+def evaluate(config: EvaluationConfig) -> list[dict]:
+    """Run every setting; write ``quality.csv``, ``quality.md`` and ``samples.png`` under ``config.out`` and
+    return the rows (the first is real training images, the floor of the Frechet distance at this sample count)."""
+    settings = _check(config)
+    model = load_diffusion_model(config.model_dir)
+    classifier, judge = load_model(config.model_dir, "classifier", lambda _: FashionClassifier())
+    test_images, _ = fashion_mnist_pixels("test", config.data_dir)
+    real = feature_statistics(features(classifier, to_model_range(test_images)))
+    labels = torch.arange(config.samples) % 10
+    seeds = list(range(config.samples))
+
+    train_images, train_labels = fashion_mnist_pixels("train", config.data_dir)
+    pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[: config.samples]
+    floor_images = to_model_range(train_images[pick])
+    rows = [
+        dict(
+            setting=f"real training images ({config.samples})",
+            options="",
+            frechet_distance=frechet_distance(feature_statistics(features(classifier, floor_images)), real),
+            class_accuracy=class_accuracy(classifier, floor_images, train_labels[pick]),
+        )
+    ]
+    samples: dict[str, Tensor] = {}
+    with progress_bar(config.progress) as progress:
+        for setting in settings:
+            _apply(model, setting)
+            task = progress.add_task(setting.name, total=config.samples) if progress else None
+            clock = SelfAttentionClock(model.unet)
+            start = time.perf_counter()
+            images = generate(
+                model,
+                labels.tolist(),
+                seeds,
+                steps=config.steps,
+                guidance=config.guidance,
+                batch_size=config.batch_size,
+                on_batch=(lambda n, task=task: progress.advance(task, n)) if progress else None,
+            )
+            wall = time.perf_counter() - start
+            clock.remove()
+            samples[setting.name] = images
+            original = samples["original"]
+            rows.append(
+                dict(
+                    setting=setting.name,
+                    options=_describe(setting),
+                    frechet_distance=frechet_distance(feature_statistics(features(classifier, images)), real),
+                    class_accuracy=class_accuracy(classifier, images, labels),
+                    pixel_difference=(images - original).abs().mean().item() / 2,
+                    seconds_per_sample=wall / config.samples,
+                    self_attention_seconds_per_sample=clock.seconds / config.samples,
+                )
+            )
+    _time_steps(model, settings, rows[1:], config)
+    remove_patch(model)
+    base = rows[1]
+    for row in rows[1:]:
+        row["sample_speedup"] = base["seconds_per_sample"] / row["seconds_per_sample"]
+        row["step_speedup"] = base["step_ms"] / row["step_ms"]
+        row["self_attention_speedup"] = base["self_attention_ms"] / row["self_attention_ms"]
+    config.out.mkdir(parents=True, exist_ok=True)
+    write_rows(rows, config.out / "quality.csv")
+    _write_summary(rows, config, judge)
+    _save_grid(samples, labels, config.grid_columns, config.out / "samples.png")
+    return rows
+
+
+def _describe(setting: Setting) -> str:
+    if setting.patch is None:
+        return "diffusers' attention processors"
+    return "apply_patch(" + ", ".join(f"{key}={value!r}" for key, value in setting.patch.items()) + ")"
+
+
+def _time_steps(
+    model: ClassConditionalUNet, settings: list[Setting], rows: list[dict], config: EvaluationConfig
+) -> None:
+    """Median guided-step and self-attention ms of every setting, measured in turn round after round."""
+    generator = torch.Generator().manual_seed(0)
+    batch = config.batch_size
+    sample = torch.randn(2 * batch, 1, 32, 32, generator=generator)
+    classes = torch.arange(batch) % 10
+    inputs = (sample, torch.tensor(500), torch.cat([classes, torch.full_like(classes, model.null_class)]))
+    times: dict[str, list[tuple[float, float]]] = {setting.name: [] for setting in settings}
+    for setting in settings:  # warm-up
+        _apply(model, setting)
+        _timed_step(model, inputs)
+    for _ in range(config.timing_rounds):
+        for setting in settings:
+            _apply(model, setting)
+            times[setting.name].append(_timed_step(model, inputs))
+    for row in rows:
+        measured = times[row["setting"]]
+        row["step_ms"] = statistics.median(step for step, _ in measured)
+        row["self_attention_ms"] = statistics.median(attention for _, attention in measured)
+
+
+def _write_summary(rows: list[dict], config: EvaluationConfig, judge: dict) -> None:
+    threads = torch.get_num_threads()
+    lines = [
+        f"{config.samples} samples (class i % 10, noise seed i), DDIM {config.steps} steps, guidance "
+        f"{config.guidance:g}, batch {config.batch_size} (x2 for guidance), fp32, {threads} CPU threads. Frechet "
+        f"distance in the features of the classifier trained here (test accuracy {100 * judge['test_accuracy']:.1f}%"
+        "), to the 10,000 test images: not Inception FID. Step times: one guided step at batch "
+        f"{2 * config.batch_size}, median of {config.timing_rounds} rounds with the settings in turn. Pixel diff: "
+        "the mean absolute difference to the original attention's sample of the same seed, as a fraction of the "
+        "pixel range.",
+        "",
+        "| setting | Frechet distance | class acc | pixel diff to original | s / sample | x | self-attn s / sample | "
+        "step ms | x | self-attn ms | x |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "step_ms" not in row:
+            lines.append(
+                f"| {row['setting']} | {row['frechet_distance']:.2f} | {100 * row['class_accuracy']:.1f}% "
+                "| | | | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {row['setting']} | {row['frechet_distance']:.2f} | {100 * row['class_accuracy']:.1f}% | "
+            f"{row['pixel_difference']:.4f} | {row['seconds_per_sample']:.3f} | {row['sample_speedup']:.2f} | "
+            f"{row['self_attention_seconds_per_sample']:.3f} | {row['step_ms']:.0f} | {row['step_speedup']:.2f} | "
+            f"{row['self_attention_ms']:.0f} | {row['self_attention_speedup']:.2f} |"
+        )
+    lines += ["", "Settings:", ""]
+    lines += [f"- {row['setting']}: {row['options']}" for row in rows[1:]]
+    atomic_write_text("\n".join(lines) + "\n", config.out / "quality.md")
+
+
+def _save_grid(samples: dict[str, Tensor], labels: Tensor, columns: int, path: Path) -> None:
+    """One row per setting, the first ``columns`` samples (same seeds in every row), class names on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(columns, len(labels))
+    figure, axes = plt.subplots(
+        len(samples), columns, figsize=(0.75 * columns + 1.6, 0.8 * len(samples) + 0.4), squeeze=False
+    )
+    for row, (name, images) in enumerate(samples.items()):
+        for column in range(columns):
+            axis = axes[row][column]
+            axis.imshow(images[column, 0].numpy(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column == 0:
+                axis.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+            if row == 0:
+                axis.set_title(CLASSES[int(labels[column])], fontsize=6)
+    figure.tight_layout(pad=0.2)
+    atomic_save_figure(figure, path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,274 @@
+"""Training the two models of the evaluation: the class-conditional diffusion model (resumable, seeded per step so
+a resumed run equals an uninterrupted one) and the classifier whose features judge the samples."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from elfatt_lab._arguments import one_line
+from elfatt_lab._atomic import atomic_save, atomic_save_figure
+from elfatt_lab._csv import write_rows
+from elfatt_lab._progress import progress_bar
+from elfatt_lab._resume import changed_options
+from elfatt_lab._run_folder import owned_run_folder
+from elfatt_lab._safe_load import load_weights_only, plain_config
+from elfatt_lab.data.fashion_mnist import fashion_mnist_pixels
+from elfatt_lab.diffusion.fashion.model import (
+    NUM_CLASSES,
+    SCHEDULE,
+    ClassConditionalUNet,
+    save_model,
+    to_model_range,
+    training_scheduler,
+)
+from elfatt_lab.diffusion.fashion.quality import FashionClassifier, class_accuracy
+
+__all__ = ["DiffusionTrainConfig", "ClassifierTrainConfig", "train_diffusion", "train_classifier", "DEFAULT_OUT"]
+
+DEFAULT_OUT = Path("results/diffusion-fashion-mnist")
+# Options a resumed run may change; the others must be the checkpoint's.
+RESUMABLE = frozenset({"steps", "out", "resume", "overwrite", "progress", "data_dir", "checkpoint_every"})
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """Everything a diffusion training run depends on; saved in ``last.pt``."""
+
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    # Fraction of training labels replaced by the null class, which classifier-free guidance needs.
+    null_probability: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 250
+    data_dir: Path | None = None
+    out: Path = DEFAULT_OUT
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """The judge's training: every training image, a fixed number of epochs, no model selection."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    data_dir: Path | None = None
+    out: Path = DEFAULT_OUT
+    progress: bool = True
+
+
+def _training_images(data_dir: Path | None) -> tuple[Tensor, Tensor]:
+    images, labels = fashion_mnist_pixels("train", data_dir)
+    return to_model_range(images), labels
+
+
+def _random_flip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Each image of ``[B, 1, H, W]`` flipped left to right with probability one half."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def _batch_indices(step: int, count: int, batch_size: int, seed: int) -> Tensor:
+    """The images of ``step``: epochs are seeded permutations, so any step's batch is known without state."""
+    per_epoch = max(count // batch_size, 1)
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def _learning_rate_factor(step: int, warmup_steps: int) -> float:
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def _resume_state(config: DiffusionTrainConfig) -> dict | None:
+    path = config.out / "last.pt"
+    if not config.resume:
+        return None
+    if not path.is_file():
+        raise ValueError(f"--resume: there is no {path}; start without --resume")
+    try:
+        state = load_weights_only(path)
+        saved = state["config"]
+        if not isinstance(saved, dict):
+            raise TypeError(f"its config is a {type(saved).__name__}, not a dict")
+    except Exception as error:  # noqa: BLE001 - any unreadable file, pickled code included, gets one line
+        raise ValueError(f"cannot read checkpoint {path} ({one_line(error)}); start afresh without --resume") from None
+    refusal = changed_options(saved, plain_config(asdict(config)), RESUMABLE, path)
+    if refusal:
+        raise ValueError(refusal)
+    if state["step"] >= config.steps:
+        raise ValueError(f"{path} has trained {state['step']} steps already, --steps is {config.steps}: pass more")
+    return state
+
+
+def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
+    """Train the class-conditional UNet (epsilon prediction, DDPM forward process, AdamW, an EMA of the weights);
+    write ``last.pt`` every ``checkpoint_every`` steps, and at the end ``unet.safetensors`` + ``unet.json`` (the EMA
+    weights, what evaluation loads), ``diffusion_log.csv`` and ``diffusion_loss.png`` under ``config.out``.
+    Returns the log rows (mean loss per 50 steps)."""
+    for name in ("steps", "batch_size", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    state = _resume_state(config)
+    with owned_run_folder(
+        config.out, ("last.pt", "unet.safetensors"), resume=config.resume, overwrite=config.overwrite
+    ):
+        return _train_diffusion(config, state)
+
+
+def _train_diffusion(config: DiffusionTrainConfig, state: dict | None) -> list[dict]:
+    from diffusers.training_utils import EMAModel
+
+    images, labels = _training_images(config.data_dir)
+    torch.manual_seed(config.seed)
+    model = ClassConditionalUNet()
+    ema = EMAModel(model.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _learning_rate_factor(step, config.warmup_steps)
+    )
+    noise_schedule = training_scheduler()
+    log: list[dict] = []
+    start_step, seconds = 0, 0.0
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_step, log, seconds = state["step"], state["log"], state["seconds"]
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            path = config.out / "last.pt"
+            raise ValueError(
+                f"{path} does not fit this model ({one_line(error)}); start afresh without --resume"
+            ) from None
+    model.train()
+    losses: list[float] = []
+    with progress_bar(config.progress, remaining=True) as progress:
+        task = progress.add_task("diffusion", total=config.steps, completed=start_step) if progress else None
+        began = time.perf_counter()
+        for step in range(start_step, config.steps):
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            index = _batch_indices(step, len(images), config.batch_size, config.seed)
+            x, label = images[index], labels[index].clone()
+            x = _random_flip(x, generator)
+            label[torch.rand(len(x), generator=generator) < config.null_probability] = NUM_CLASSES
+            noise = torch.randn(x.shape, generator=generator)
+            timesteps = torch.randint(0, SCHEDULE["num_train_timesteps"], (len(x),), generator=generator)
+            loss = F.mse_loss(model(noise_schedule.add_noise(x, noise, timesteps), timesteps, label), noise)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"step {step}: the loss is {loss.item()}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            ema.step(model.parameters())
+            losses.append(loss.item())
+            done = step + 1
+            if len(losses) == 50 or done == config.steps:
+                elapsed = seconds + time.perf_counter() - began
+                log.append(
+                    dict(step=done, loss=sum(losses) / len(losses), lr=scheduler.get_last_lr()[0], seconds=elapsed)
+                )
+                losses = []
+                if progress:
+                    progress.update(task, description=f"diffusion, loss {log[-1]['loss']:.4f}")
+            if progress:
+                progress.advance(task)
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                checkpoint = dict(
+                    model=model.state_dict(),
+                    ema=ema.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    step=done,
+                    log=log,
+                    seconds=seconds + time.perf_counter() - began,
+                    config=plain_config(asdict(config)),
+                )
+                atomic_save(checkpoint, config.out / "last.pt")
+    ema.copy_to(model.parameters())
+    trained = dict(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        seconds=log[-1]["seconds"] if log else seconds,
+        threads=torch.get_num_threads(),
+        final_loss=log[-1]["loss"] if log else None,
+    )
+    description = dict(
+        unet_config=model.unet_config,
+        num_classes=NUM_CLASSES,
+        schedule=SCHEDULE,
+        trained=trained,
+        options=plain_config(asdict(config)),
+    )
+    save_model(model, config.out, "unet", description)
+    write_rows(log, config.out / "diffusion_log.csv")
+    _plot_loss(log, config.out / "diffusion_loss.png")
+    return log
+
+
+def _plot_loss(log: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot([row["step"] for row in log], [row["loss"] for row in log], marker=".")
+    axes.set_xlabel("step")
+    axes.set_ylabel("noise-prediction MSE (mean of 50 steps)")
+    axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    atomic_save_figure(figure, path, dpi=100)
+    plt.close(figure)
+
+
+def train_classifier(config: ClassifierTrainConfig) -> dict:
+    """Train :class:`FashionClassifier` on all 60,000 training images (random flips), measure it on the 10,000
+    test images, and write ``classifier.safetensors`` + ``classifier.json`` (with that accuracy) under
+    ``config.out``. Returns the json's content."""
+    images, labels = _training_images(config.data_dir)
+    test_images, test_labels = fashion_mnist_pixels("test", config.data_dir)
+    torch.manual_seed(config.seed)
+    model = FashionClassifier()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.05)
+    per_epoch = math.ceil(len(images) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * per_epoch)
+    start = time.perf_counter()
+    with progress_bar(config.progress, remaining=True) as progress:
+        task = progress.add_task("classifier", total=config.epochs * per_epoch) if progress else None
+        for epoch in range(config.epochs):
+            model.train()
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed * 1009 + epoch))
+            for begin in range(0, len(images), config.batch_size):
+                index = order[begin : begin + config.batch_size]
+                x = images[index]
+                x = _random_flip(x)
+                loss = F.cross_entropy(model(x), labels[index])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                if progress:
+                    progress.advance(task)
+    accuracy = class_accuracy(model, to_model_range(test_images), test_labels)
+    result = dict(test_accuracy=accuracy, test_images=len(test_images), seconds=time.perf_counter() - start,
+                  options=plain_config(asdict(config)))  # fmt: skip
+    save_model(model, config.out, "classifier", result)
+    return result
