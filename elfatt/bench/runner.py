@@ -339,15 +339,19 @@ def add_ratios(rows: list[Row]) -> None:
 
 def predict_call_s(measured: list[tuple[int, float]], tokens: int) -> float | None:
     """Seconds of one call at ``tokens``, from a mechanism's (tokens, seconds) at smaller sizes of the same level and
-    pass: a power law through its last two sizes, where its growth between them is at least
-    :data:`SKIP_GROWTH` (quadratic attention); None where it grows slower or only one size was measured, so that
-    a mechanism is skipped for its own quadratic growth, never for a slow machine's constant factor."""
+    pass: a power law from its last size, with the smaller of its growth exponents between its last two sizes and
+    over all of them, where that is at least :data:`SKIP_GROWTH` (quadratic attention); None where it grows slower
+    or only one size was measured. So a mechanism is skipped for its own quadratic growth, never for a slow
+    machine's constant factor, nor for one disturbed size."""
     if len(measured) < 2:
         return None
-    (before_tokens, before_s), (last_tokens, last_s) = measured[-2], measured[-1]
-    if last_tokens <= before_tokens or before_s <= 0 or last_s <= 0:
-        return None
-    exponent = min(math.log(last_s / before_s) / math.log(last_tokens / before_tokens), 2.0)
+    exponents = []
+    for (before_tokens, before_s), (last_tokens, last_s) in ((measured[-2], measured[-1]), (measured[0], measured[-1])):
+        if last_tokens <= before_tokens or before_s <= 0 or last_s <= 0:
+            return None
+        exponents.append(math.log(last_s / before_s) / math.log(last_tokens / before_tokens))
+    exponent = min(*exponents, 2.0)
+    last_tokens, last_s = measured[-1]
     return last_s * (tokens / last_tokens) ** exponent if exponent >= SKIP_GROWTH else None
 
 

@@ -176,7 +176,9 @@ def test_a_prediction_follows_the_mechanisms_own_quadratic_growth():
 
     # quadratic growth between the last two sizes predicts quadratically, held at 2 beyond
     assert predict_call_s([(100, 1.0), (200, 4.0)], 400) == pytest.approx(16.0)
-    assert predict_call_s([(50, 9.0), (100, 1.0), (200, 100.0)], 400) == pytest.approx(400.0)
+    assert predict_call_s([(50, 0.1), (100, 1.0), (200, 100.0)], 400) == pytest.approx(400.0)
+    # one disturbed size cannot make a linear mechanism look quadratic: its growth over all sizes counts too
+    assert predict_call_s([(50, 1.0), (100, 1.0), (200, 4.0)], 400) is None
     assert predict_call_s([(100, 1.0), (200, 2.0**1.6)], 400) == pytest.approx(2.0**3.2)
     # nothing to skip for: one size, or growth closer to linear (a slow machine slows every size alike)
     assert predict_call_s([(100, 1.0)], 200) is None
