@@ -243,6 +243,8 @@ def cell_step(
 # A cell whose spread (IQR / median over its rounds) is above this is measured again, then marked unstable: the
 # threshold pyperf and torch.utils.benchmark use.
 UNSTABLE_SPREAD = 0.10
+# Only a mechanism whose time grew at least as tokens ** SKIP_GROWTH between its last two sizes is skipped for time.
+SKIP_GROWTH = 1.5
 # The mechanisms every speed-up is measured against: re-measured beside any unsteady cell of their group.
 BASELINES = ("sdpa", "vanilla")
 
@@ -335,19 +337,22 @@ def add_ratios(rows: list[Row]) -> None:
             setattr(row, attribute, None if reference is None else reference / row.median_ms)
 
 
-def predict_call_s(measured: list[tuple[int, float]], tokens: int) -> float:
+def predict_call_s(measured: list[tuple[int, float]], tokens: int) -> float | None:
     """Seconds of one call at ``tokens``, from a mechanism's (tokens, seconds) at smaller sizes of the same level and
-    pass: a power law through its last two sizes, its exponent held between 1 (linear) and 2 (quadratic attention);
-    quadratic from a single size. Each mechanism predicts from its own growth, so a linear one is not skipped for
-    what softmax attention would cost."""
+    pass: a power law from its last size, with the smaller of its growth exponents between its last two sizes and
+    over all of them, where that is at least :data:`SKIP_GROWTH` (quadratic attention); None where it grows slower
+    or only one size was measured. So a mechanism is skipped for its own quadratic growth, never for a slow
+    machine's constant factor, nor for one disturbed size."""
+    if len(measured) < 2:
+        return None
+    exponents = []
+    for (before_tokens, before_s), (last_tokens, last_s) in ((measured[-2], measured[-1]), (measured[0], measured[-1])):
+        if last_tokens <= before_tokens or before_s <= 0 or last_s <= 0:
+            return None
+        exponents.append(math.log(last_s / before_s) / math.log(last_tokens / before_tokens))
+    exponent = min(*exponents, 2.0)
     last_tokens, last_s = measured[-1]
-    exponent = 2.0
-    if len(measured) > 1:
-        before_tokens, before_s = measured[-2]
-        ratio = last_tokens / before_tokens
-        if ratio > 1 and before_s > 0 and last_s > 0:
-            exponent = min(max(math.log(last_s / before_s) / math.log(ratio), 1.0), 2.0)
-    return last_s * (tokens / last_tokens) ** exponent
+    return last_s * (tokens / last_tokens) ** exponent if exponent >= SKIP_GROWTH else None
 
 
 def plan_groups(config: BenchConfig) -> list[list[Cell]]:
@@ -386,7 +391,7 @@ def iterate(config: BenchConfig, done: frozenset[tuple[str, str, str, str]] = fr
                 if available is not None and need > available:
                     rows[cell] = _blank_row(cell, config, f"skipped (needs ~{need:.0f} MiB, {available:.0f} available)")
                 elif config.cell_budget_s and key in measured:
-                    predicted_s = predict_call_s(measured[key], cell.tokens) * calls
+                    predicted_s = (predict_call_s(measured[key], cell.tokens) or 0.0) * calls
                     if predicted_s > config.cell_budget_s:
                         rows[cell] = _blank_row(cell, config, f"skipped (~{predicted_s:.0f}s > budget)")
                 if cell not in rows:

@@ -83,20 +83,23 @@ def test_ratios_are_speedups_within_the_same_size():
     assert rows[3].speedup_vs_vanilla is None and rows[3].speedup_vs_sdpa is None
 
 
-def test_cells_predicted_over_budget_are_skipped():
+def test_only_cells_growing_quadratically_past_the_budget_are_skipped(monkeypatch):
+    import elfatt_lab.bench.runner as runner
+
+    def growth(steps, device, rounds, advance=None, **options):
+        # vanilla's time grows with tokens squared, elfatt's with tokens: 1 s at 64 tokens for both
+        power = {"vanilla": 2, "elfatt": 1}
+        return {cell: Timing(*[1e3 * (cell.tokens / 64) ** power[cell.mechanism]] * 3, rounds) for cell in steps}
+
+    monkeypatch.setattr(runner, "round_robin_timings", growth)
     config = BenchConfig(
-        levels=("op",),
-        mechanisms=("vanilla",),
-        sides=(4, 40),
-        dim=8,
-        heads=2,
-        repeats=1,
-        passes=("fwd",),
-        cell_budget_s=1e-3,
+        levels=("op",), mechanisms=("vanilla", "elfatt"), sides=(4, 8, 16), dim=8, heads=2, passes=("fwd",)
     )
-    rows = [row for group in iterate(config) for row in group]
-    assert rows[0].status == "ok"
-    assert rows[1].status.startswith("skipped (~") and rows[1].median_ms is None
+    config.cell_budget_s = 30.0
+    rows = {(row.mechanism, row.size): row for group in iterate(config) for row in group}
+    # vanilla at 16x16 would take 16 s a call, 5 calls: skipped; elfatt (4 s a call) is not, however slow
+    assert rows["vanilla", "16x16"].status == "skipped (~80s > budget)" and rows["vanilla", "16x16"].median_ms is None
+    assert all(row.status == "ok" for key, row in rows.items() if key != ("vanilla", "16x16"))
 
 
 def test_a_cell_that_cannot_fit_in_memory_is_skipped_before_it_is_built(monkeypatch):
@@ -168,18 +171,19 @@ def test_only_unsteady_cells_and_the_baselines_are_measured_again(monkeypatch):
     assert [row.stable for row in group] == [True, True, True] and abs(group[2].spread - 0.02) < 1e-9
 
 
-def test_a_prediction_follows_the_mechanisms_own_growth():
+def test_a_prediction_follows_the_mechanisms_own_quadratic_growth():
     from elfatt_lab.bench.runner import predict_call_s
 
-    # from one size: quadratic in tokens
-    assert predict_call_s([(100, 1.0)], 200) == pytest.approx(4.0)
-    # linear growth between the last two sizes stays linear, quadratic stays quadratic
-    assert predict_call_s([(100, 1.0), (200, 2.0)], 400) == pytest.approx(4.0)
+    # quadratic growth between the last two sizes predicts quadratically, held at 2 beyond
     assert predict_call_s([(100, 1.0), (200, 4.0)], 400) == pytest.approx(16.0)
-    # the exponent is held between 1 and 2: a disturbed small size cannot predict faster than linear or beyond
-    # quadratic
-    assert predict_call_s([(100, 4.0), (200, 1.0)], 400) == pytest.approx(2.0)
-    assert predict_call_s([(100, 1.0), (200, 100.0)], 400) == pytest.approx(400.0)
+    assert predict_call_s([(50, 0.1), (100, 1.0), (200, 100.0)], 400) == pytest.approx(400.0)
+    # one disturbed size cannot make a linear mechanism look quadratic: its growth over all sizes counts too
+    assert predict_call_s([(50, 1.0), (100, 1.0), (200, 4.0)], 400) is None
+    assert predict_call_s([(100, 1.0), (200, 2.0**1.6)], 400) == pytest.approx(2.0**3.2)
+    # nothing to skip for: one size, or growth closer to linear (a slow machine slows every size alike)
+    assert predict_call_s([(100, 1.0)], 200) is None
+    assert predict_call_s([(100, 1.0), (200, 2.5)], 400) is None
+    assert predict_call_s([(100, 4.0), (200, 1.0)], 400) is None
 
 
 def test_no_round_starts_that_would_end_past_the_budget(monkeypatch):
