@@ -115,3 +115,13 @@ def test_the_public_api_fits_on_one_screen() -> None:
         value = getattr(elfatt, name)
         if callable(value):  # BlockSpec, a type alias, is documented with the package
             assert value.__doc__, f"elfatt.{name} has no docstring"
+
+
+def test_every_package_folder_is_a_regular_package_that_the_distribution_ships() -> None:
+    import setuptools
+
+    shipped = set(setuptools.find_packages(str(ROOT), include=["elfatt*"]))
+    for folder in (LIBRARY, LAB):
+        for path in [folder, *(p for p in folder.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+            name = ".".join(path.relative_to(ROOT).parts)
+            assert (path / "__init__.py").is_file() and name in shipped, f"{name} would be left out of the wheel"

@@ -38,8 +38,7 @@ def _run(
         return attend(*args)
 
 
-@torch.library.custom_op("elfatt::attention", mutates_args=())
-def attention_op(
+def _attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -69,6 +68,9 @@ def attention_op(
         ).contiguous()  # fmt: skip
 
 
+attention_op = torch.library.custom_op("elfatt::attention", _attention, mutates_args=())
+
+
 @attention_op.register_fake
 def _(q, k, v, *args) -> Tensor:
     return v.new_empty(v.shape)
@@ -87,32 +89,17 @@ def _autograd_inside_op():
         yield
 
 
-@torch.library.custom_op("elfatt::attention_backward", mutates_args=())
-def attention_backward_op(
-    grad: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    height: int,
-    width: int,
-    block_h: int,
-    block_w: int,
-    by_count: bool,
-    num_global_heads: int,
-    global_weight: Tensor | None,
-    global_bias: Tensor | None,
-    block_weight: Tensor | None,
-    block_bias: Tensor | None,
-    prefix: int,
-    scale: float | None,
-    dropout_p: float,
-    fused: bool,
-    backend: str,
-    seed: Tensor | None,
-) -> list[Tensor]:
+def _backward_schema() -> str:
+    """The backward op's schema: the incoming gradient, then every input of the forward op, to a list of
+    gradients."""
+    forward = torch.library.infer_schema(_attention, mutates_args=())
+    return f"(Tensor grad, {forward[1 : forward.index(') ->')]}) -> Tensor[]"
+
+
+@torch.library.custom_op("elfatt::attention_backward", mutates_args=(), schema=_backward_schema())
+def attention_backward_op(grad: Tensor, *forward_inputs: object) -> list[Tensor]:
     """Gradients of :func:`attention_op` for q, k, v and the LePE weights and biases that are given, in that order."""
-    args = [q, k, v, height, width, block_h, block_w, by_count, num_global_heads, global_weight, global_bias,
-            block_weight, block_bias, prefix, scale, dropout_p, fused, backend, seed]  # fmt: skip
+    args = list(forward_inputs)
     inputs = []
     for index in _DIFFERENTIABLE:
         if args[index] is not None:
