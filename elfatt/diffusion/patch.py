@@ -1,4 +1,5 @@
-"""Applying and removing the ELFATT processors on a diffusers UNet, through ``set_attn_processor``."""
+"""Applying and removing the ELFATT processors on a diffusers UNet or self-attention diffusion transformer, through
+its attention layers' ``set_processor``."""
 
 from __future__ import annotations
 
@@ -14,13 +15,47 @@ __all__ = ["apply_patch", "remove_patch", "is_patched", "patch_config"]
 _PATCH_ATTRIBUTE = "_elfatt_patch"
 
 
+# Processors of joint text+image attention, which the patch does not compute yet: it would leave them as they are.
+_JOINT_PROCESSORS = ("JointAttnProcessor", "FluxAttnProcessor", "SD3", "Flux")
+
+
 def _unet(pipe_or_unet: object) -> nn.Module:
-    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
-    if not (isinstance(unet, nn.Module) and hasattr(unet, "set_attn_processor") and hasattr(unet, "attn_processors")):
+    """The denoiser of a pipeline (its ``.unet`` or ``.transformer``) or the model itself, checked to be one the
+    patch computes."""
+    unet = getattr(pipe_or_unet, "unet", None) or getattr(pipe_or_unet, "transformer", None) or pipe_or_unet
+    if not (isinstance(unet, nn.Module) and _attention_layers(unet)):
         raise TypeError(
-            f"expected a diffusers pipeline with a .unet or a UNet with set_attn_processor, got {type(pipe_or_unet)}"
+            "expected a diffusers pipeline with a .unet or .transformer, or a model with attention layers "
+            f"(set_processor), got {type(pipe_or_unet)}"
+        )
+    joint = sorted(
+        {type(p).__name__ for p in _processors(unet).values() if type(p).__name__.startswith(_JOINT_PROCESSORS)}
+    )
+    if joint:
+        raise TypeError(
+            f"{type(unet).__name__} attends text and image tokens jointly ({', '.join(joint)}), which elfatt.diffusion "
+            "does not compute yet; it patches UNets and self-attention transformers (PixArt, DiT)"
         )
     return unet
+
+
+def _attention_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's diffusers ``Attention`` layers by processor name, as ``attn_processors`` names them (found
+    directly, since not every diffusers model has ``set_attn_processor``: DiT's has not)."""
+    return {
+        f"{name}.processor": module
+        for name, module in model.named_modules()
+        if hasattr(module, "set_processor") and hasattr(module, "processor")
+    }
+
+
+def _processors(model: nn.Module) -> dict[str, object]:
+    return {name: layer.processor for name, layer in _attention_layers(model).items()}
+
+
+def _set_processors(model: nn.Module, processors: dict[str, object]) -> None:
+    for name, layer in _attention_layers(model).items():
+        layer.set_processor(processors[name])
 
 
 def is_patched(pipe_or_unet: object) -> bool:
@@ -32,7 +67,7 @@ def is_patched(pipe_or_unet: object) -> bool:
 
 
 def _processors_are_ours(unet: nn.Module) -> bool:
-    return all(isinstance(processor, ELFATTAttnProcessor) for processor in unet.attn_processors.values())
+    return all(isinstance(processor, ELFATTAttnProcessor) for processor in _processors(unet).values())
 
 
 def _check_config(config: PatchConfig) -> None:
@@ -68,12 +103,14 @@ def apply_patch(
 ) -> nn.Module:
     """Compute the UNet's self-attention layers with ELFATT, training-free; returns the UNet.
 
-    Works on any diffusers UNet that exposes ``set_attn_processor`` (SD 1.x/2.x and SDXL's
-    ``UNet2DConditionModel``) and on any latent size, non-square included. :func:`remove_patch` restores the
-    original processors, the very same objects.
+    Works on any diffusers UNet (SD 1.x/2.x and SDXL's
+    ``UNet2DConditionModel``), on diffusion transformers whose image tokens attend among themselves
+    (``PixArtTransformer2DModel``, ``DiTTransformer2DModel``: their token grid is the latent over the patch size),
+    and on any latent size, non-square included. Joint text+image attention (SD3, FLUX) is refused with a
+    TypeError. :func:`remove_patch` restores the original processors, the very same objects.
 
     Args:
-        pipe_or_unet: a pipeline with a ``.unet``, or the UNet itself.
+        pipe_or_unet: a pipeline with a ``.unet`` or ``.transformer``, or the model itself.
         ratio: fraction of a layer's tokens merged away before attention (ToMe-SD's ratio; 0 merges none).
         block: block of the softmax heads, in latent tokens of the layer's level.
         split: fraction of each layer's heads that run global linear attention, rounded down (SD 2's 5-head
@@ -107,13 +144,13 @@ def apply_patch(
     _check_config(config)
     remove_patch(unet)
     state = PatchState(config)
-    originals = dict(unet.attn_processors)
+    originals = _processors(unet)
     hooks = LatentSizeHooks(state)
     handles = (
         unet.register_forward_pre_hook(hooks.before, with_kwargs=True),
         unet.register_forward_hook(hooks.after, with_kwargs=True),
     )
-    unet.set_attn_processor({name: ELFATTAttnProcessor(state, original) for name, original in originals.items()})
+    _set_processors(unet, {name: ELFATTAttnProcessor(state, original) for name, original in originals.items()})
     setattr(unet, _PATCH_ATTRIBUTE, (originals, handles, state))
     return unet
 
@@ -129,7 +166,7 @@ def remove_patch(pipe_or_unet: object) -> nn.Module:
         return unet
     originals, handles, _ = getattr(unet, _PATCH_ATTRIBUTE)
     if _processors_are_ours(unet):
-        unet.set_attn_processor(dict(originals))
+        _set_processors(unet, dict(originals))
     for handle in handles:
         handle.remove()
     delattr(unet, _PATCH_ATTRIBUTE)

@@ -86,7 +86,8 @@ def latent_grid(latent_size: tuple[int, int], tokens: int, max_levels: int = 8) 
 
 
 class LatentSizeHooks:
-    """The UNet's forward pre-hook and hook: the latent size of each call, for the processors, cleared after it.
+    """The model's forward pre-hook and hook: the token grid of each call's latent (a transformer's: the latent
+    over its patch size), for the processors, cleared after it.
 
     An object rather than a closure, so that ``copy.deepcopy`` of a patched UNet gives the copy hooks that feed
     the copy's own state. A call that bypasses the hooks (``unet.forward(...)``) thus finds no size, never a
@@ -97,8 +98,10 @@ class LatentSizeHooks:
         self.state = state
 
     def before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs["sample"]
-        self.state.latent_size = (sample.shape[-2], sample.shape[-1])
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        # a transformer's tokens are the latent's patches (a stride-p convolution: sides rounded down)
+        patch = getattr(getattr(module, "config", None), "patch_size", None) or 1
+        self.state.latent_size = (sample.shape[-2] // patch, sample.shape[-1] // patch)
 
     def after(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         self.state.latent_size = None

@@ -176,7 +176,7 @@ def test_bad_options(kwargs, message):
 
 
 def test_rejects_objects_without_a_unet():
-    with pytest.raises(TypeError, match="set_attn_processor"):
+    with pytest.raises(TypeError, match="set_processor"):
         apply_patch(torch.nn.Linear(2, 2))
 
 
