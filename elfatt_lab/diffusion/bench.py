@@ -1,6 +1,7 @@
-"""Evidence without pretrained weights: the patch on a randomly initialised UNet with Stable Diffusion 1.5's config.
+"""Evidence without pretrained weights: the patch on a randomly initialised UNet with Stable Diffusion 1.5's config,
+or on PixArt-Sigma's transformer at its real width with fewer layers (``--model pixart-sigma --layers 2``).
 
-``python -m elfatt_lab.diffusion.bench`` times one UNet step and the self-attention layers inside it, with and
+``python -m elfatt_lab.diffusion.bench`` times one denoiser step and the self-attention layers inside it, with and
 without the patch, at the given latent sizes, and reports how far the patched output is from the original.
 With random weights the difference says how much the patch changes a layer stack of this size, not image quality.
 """
@@ -19,7 +20,7 @@ from torch import nn
 from elfatt.diffusion.patch import apply_patch, remove_patch
 from elfatt_lab._csv import write_rows
 
-__all__ = ["SD15_UNET_CONFIG", "SelfAttentionClock", "build_sd15_unet", "main"]
+__all__ = ["SD15_UNET_CONFIG", "PIXART_SIGMA_CONFIG", "SelfAttentionClock", "build_sd15_unet", "build_pixart", "main"]
 
 # The unet/config.json of Stable Diffusion 1.5, written out so nothing is downloaded.
 SD15_UNET_CONFIG = dict(
@@ -41,6 +42,38 @@ SD15_UNET_CONFIG = dict(
     sample_size=64,
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
 )
+
+
+# The transformer/config.json of PixArt-Sigma XL-2 at 1024 pixels (28 layers of 16 heads of 72 channels, T5's
+# 4096-wide text), written out so nothing is downloaded.
+PIXART_SIGMA_CONFIG = dict(
+    activation_fn="gelu-approximate",
+    attention_bias=True,
+    attention_head_dim=72,
+    caption_channels=4096,
+    cross_attention_dim=1152,
+    in_channels=4,
+    interpolation_scale=2,
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+    norm_type="ada_norm_single",
+    num_attention_heads=16,
+    num_embeds_ada_norm=1000,
+    num_layers=28,
+    out_channels=8,
+    patch_size=2,
+    sample_size=128,
+    use_additional_conditions=False,
+)
+PIXART_TEXT_TOKENS = 300
+
+
+def build_pixart(layers: int, seed: int = 0) -> nn.Module:
+    """PixArt-Sigma's PixArtTransformer2DModel with random weights and ``layers`` of its 28 layers."""
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    return PixArtTransformer2DModel(**{**PIXART_SIGMA_CONFIG, "num_layers": layers}).eval()
 
 
 def build_sd15_unet(seed: int = 0) -> nn.Module:
@@ -74,16 +107,16 @@ class SelfAttentionClock:
             handle.remove()
 
 
-def _measure(unet: nn.Module, inputs: tuple, repeats: int) -> tuple[float, float, torch.Tensor]:
-    """Median UNet step and median self-attention time in ms, and the output of the last step."""
+def _measure(unet: nn.Module, inputs: tuple, repeats: int, options: dict) -> tuple[float, float, torch.Tensor]:
+    """Median denoiser step and median self-attention time in ms, and the output of the last step."""
     clock = SelfAttentionClock(unet)
     steps, attention = [], []
     with torch.inference_mode():
-        out = unet(*inputs).sample
+        out = unet(*inputs, **options).sample
         for _ in range(repeats):
             clock.seconds = 0.0
             start = time.perf_counter()
-            out = unet(*inputs).sample
+            out = unet(*inputs, **options).sample
             steps.append((time.perf_counter() - start) * 1e3)
             attention.append(clock.seconds * 1e3)
     clock.remove()
@@ -93,6 +126,8 @@ def _measure(unet: nn.Module, inputs: tuple, repeats: int) -> tuple[float, float
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the measurement; prints a table and writes ``diffusion.csv`` under ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m elfatt_lab.diffusion.bench", description=__doc__)
+    parser.add_argument("--model", choices=["sd15", "pixart-sigma"], default="sd15")
+    parser.add_argument("--layers", type=int, default=2, help="pixart-sigma: layers of its 28")
     parser.add_argument("--latents", nargs="+", default=["64x64", "128x128"], help="latent sizes HxW")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.0], help="merge ratios of the patch")
     parser.add_argument("--block", type=int, default=16)
@@ -108,30 +143,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         parser.exit(2, f"{parser.prog}: error: latent sizes must look like 64x64, got {args.latents}\n")
 
-    unet = build_sd15_unet()
+    pixart = args.model == "pixart-sigma"
+    unet = build_pixart(args.layers) if pixart else build_sd15_unet()
     generator = torch.Generator().manual_seed(0)
     rows = []
-    print(
-        f"SD 1.5 UNet (random weights), batch {args.batch}, fp32, {torch.get_num_threads()} threads, "
-        f"median of {args.repeats}"
-    )
+    name = f"PixArt-Sigma transformer, {args.layers} of 28 layers" if pixart else "SD 1.5 UNet"
+    threads = torch.get_num_threads()
+    print(f"{name} (random weights), batch {args.batch}, fp32, {threads} threads, median of {args.repeats}")
     columns = ("latent", 9), ("variant", 18), ("step ms", 10), ("self-attn ms", 13), ("step x", 7), ("attn x", 7)
     print(" ".join(f"{name:>{width}}" for name, width in columns) + f" {'rel diff':>9}")
     for height, width in latents:
         sample = torch.randn(args.batch, 4, height, width, generator=generator)
-        context = torch.randn(args.batch, 77, 768, generator=generator)
-        inputs = (sample, torch.tensor(500), context)
+        if pixart:
+            context = torch.randn(args.batch, PIXART_TEXT_TOKENS, 4096, generator=generator)
+            inputs = (sample,)
+            options = dict(
+                encoder_hidden_states=context,
+                timestep=torch.full((args.batch,), 500),
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            )
+        else:
+            inputs = (sample, torch.tensor(500), torch.randn(args.batch, 77, 768, generator=generator))
+            options = {}
         remove_patch(unet)
-        base_step, base_attention, base_out = _measure(unet, inputs, args.repeats)
+        base_step, base_attention, base_out = _measure(unet, inputs, args.repeats, options)
         variants = [("original", base_step, base_attention, 0.0)]
         for ratio in args.ratios:
             apply_patch(unet, ratio=ratio, block=args.block, max_downsample=args.max_downsample)
-            step, attention, out = _measure(unet, inputs, args.repeats)
+            step, attention, out = _measure(unet, inputs, args.repeats, options)
             difference = ((out - base_out).norm() / base_out.norm()).item()
             variants.append((f"elfatt ratio={ratio:g}", step, attention, difference))
         remove_patch(unet)
         for name, step, attention, difference in variants:
             row = dict(
+                model=args.model,
                 latent=f"{height}x{width}",
                 variant=name,
                 step_ms=step,
