@@ -1,0 +1,29 @@
+"""``python -m elfatt_lab.diffusion.bench`` on PixArt-Sigma's transformer (one layer, a small latent)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+from elfatt_lab.diffusion.bench import PIXART_SIGMA_CONFIG, build_pixart, main
+
+
+def test_pixart_sigma_is_built_at_its_real_width_with_fewer_layers():
+    model = build_pixart(layers=1)
+    assert len(model.transformer_blocks) == 1
+    attention = model.transformer_blocks[0].attn1
+    assert attention.heads == PIXART_SIGMA_CONFIG["num_attention_heads"] == 16
+    assert attention.to_q.out_features == 16 * 72
+
+
+def test_the_bench_writes_one_row_per_latent_and_variant(tmp_path, capsys):
+    argv = ["--model", "pixart-sigma", "--layers", "1", "--latents", "8x12", "--ratios", "0.5", "0"]
+    assert main([*argv, "--repeats", "1", "--batch", "1", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "diffusion.csv").open()))
+    assert [row["variant"] for row in rows] == ["original", "elfatt ratio=0.5", "elfatt ratio=0"]
+    assert all(row["model"] == "pixart-sigma" and row["latent"] == "8x12" for row in rows)
+    assert float(rows[0]["step_speedup"]) == 1.0 and float(rows[0]["relative_difference"]) == 0.0
+    # the patched rows moved the output, a little (random weights)
+    assert all(0.0 < float(row["relative_difference"]) < 1.0 for row in rows[1:])
+    assert all(math.isfinite(float(row["step_ms"])) for row in rows)
+    assert "PixArt-Sigma transformer, 1 of 28 layers" in capsys.readouterr().out
