@@ -7,6 +7,7 @@ import dataclasses
 
 from torch import nn
 
+from elfatt.diffusion.joint import JointELFATTProcessor
 from elfatt.diffusion.processor import ATTENTION_MODES, ELFATTAttnProcessor, LatentSizeHooks, PatchConfig, PatchState
 from elfatt.ops.blocks import BlockSpec, encode_block
 
@@ -15,8 +16,10 @@ __all__ = ["apply_patch", "remove_patch", "is_patched", "patch_config"]
 _PATCH_ATTRIBUTE = "_elfatt_patch"
 
 
-# Processors of joint text+image attention, which the patch does not compute yet: it would leave them as they are.
-_JOINT_PROCESSORS = ("JointAttnProcessor", "FluxAttnProcessor", "SD3", "Flux")
+# Processors of joint text+image attention that the patch does not compute yet: it would leave them as they are.
+_UNCOVERED_PROCESSORS = ("FluxAttnProcessor", "Flux")
+# The joint attention it computes, by the processor's class name: SD3's.
+_JOINT_PROCESSORS = ("JointAttnProcessor2_0",)
 
 
 def _unet(pipe_or_unet: object) -> nn.Module:
@@ -28,13 +31,13 @@ def _unet(pipe_or_unet: object) -> nn.Module:
             "expected a diffusers pipeline with a .unet or .transformer, or a model with attention layers "
             f"(set_processor), got {type(pipe_or_unet)}"
         )
-    joint = sorted(
-        {type(p).__name__ for p in _processors(unet).values() if type(p).__name__.startswith(_JOINT_PROCESSORS)}
+    uncovered = sorted(
+        {type(p).__name__ for p in _processors(unet).values() if type(p).__name__.startswith(_UNCOVERED_PROCESSORS)}
     )
-    if joint:
+    if uncovered:
         raise TypeError(
-            f"{type(unet).__name__} attends text and image tokens jointly ({', '.join(joint)}), which elfatt.diffusion "
-            "does not compute yet; it patches UNets and self-attention transformers (PixArt, DiT)"
+            f"{type(unet).__name__} attends text and image tokens jointly ({', '.join(uncovered)}), which "
+            "elfatt.diffusion does not compute yet; it patches UNets, PixArt, DiT and SD3"
         )
     return unet
 
@@ -67,7 +70,15 @@ def is_patched(pipe_or_unet: object) -> bool:
 
 
 def _processors_are_ours(unet: nn.Module) -> bool:
-    return all(isinstance(processor, ELFATTAttnProcessor) for processor in _processors(unet).values())
+    ours = (ELFATTAttnProcessor, JointELFATTProcessor)
+    return all(isinstance(processor, ours) for processor in _processors(unet).values())
+
+
+def _wrapped(state: PatchState, original: object) -> ELFATTAttnProcessor | JointELFATTProcessor:
+    """The patch's processor around a layer's ``original`` one: SD3's joint attention, or any other."""
+    if type(original).__name__ in _JOINT_PROCESSORS:
+        return JointELFATTProcessor(state, original)
+    return ELFATTAttnProcessor(state, original)
 
 
 def _check_config(config: PatchConfig) -> None:
@@ -103,11 +114,12 @@ def apply_patch(
 ) -> nn.Module:
     """Compute the UNet's self-attention layers with ELFATT, training-free; returns the UNet.
 
-    Works on any diffusers UNet (SD 1.x/2.x and SDXL's
-    ``UNet2DConditionModel``), on diffusion transformers whose image tokens attend among themselves
-    (``PixArtTransformer2DModel``, ``DiTTransformer2DModel``: their token grid is the latent over the patch size),
-    and on any latent size, non-square included. Joint text+image attention (SD3, FLUX) is refused with a
-    TypeError. :func:`remove_patch` restores the original processors, the very same objects.
+    Works on any diffusers UNet (SD 1.x/2.x and SDXL's ``UNet2DConditionModel``), on diffusion transformers whose
+    image tokens attend among themselves (``PixArtTransformer2DModel``, ``DiTTransformer2DModel``: their token grid
+    is the latent over the patch size), on SD3's joint text+image attention (``SD3Transformer2DModel``: the image
+    tokens run ELFATT with the text as prefix tokens, see :class:`~elfatt.diffusion.joint.JointELFATTProcessor`; no
+    merging there), and on any latent size, non-square included. FLUX is refused with a TypeError.
+    :func:`remove_patch` restores the original processors, the very same objects.
 
     Args:
         pipe_or_unet: a pipeline with a ``.unet`` or ``.transformer``, or the model itself.
@@ -150,7 +162,7 @@ def apply_patch(
         unet.register_forward_pre_hook(hooks.before, with_kwargs=True),
         unet.register_forward_hook(hooks.after, with_kwargs=True),
     )
-    _set_processors(unet, {name: ELFATTAttnProcessor(state, original) for name, original in originals.items()})
+    _set_processors(unet, {name: _wrapped(state, original) for name, original in originals.items()})
     setattr(unet, _PATCH_ATTRIBUTE, (originals, handles, state))
     return unet
 

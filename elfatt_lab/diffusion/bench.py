@@ -20,7 +20,16 @@ from torch import nn
 from elfatt.diffusion.patch import apply_patch, remove_patch
 from elfatt_lab._csv import write_rows
 
-__all__ = ["SD15_UNET_CONFIG", "PIXART_SIGMA_CONFIG", "SelfAttentionClock", "build_sd15_unet", "build_pixart", "main"]
+__all__ = [
+    "SD15_UNET_CONFIG",
+    "PIXART_SIGMA_CONFIG",
+    "SD3_MEDIUM_CONFIG",
+    "SelfAttentionClock",
+    "build_sd15_unet",
+    "build_pixart",
+    "build_sd3",
+    "main",
+]
 
 # The unet/config.json of Stable Diffusion 1.5, written out so nothing is downloaded.
 SD15_UNET_CONFIG = dict(
@@ -67,6 +76,23 @@ PIXART_SIGMA_CONFIG = dict(
 )
 PIXART_TEXT_TOKENS = 300
 
+# The transformer/config.json of Stable Diffusion 3 medium (24 joint blocks of 24 heads of 64 channels); its text is
+# CLIP's 77 tokens and T5's 256, 4096 wide, and a 2048-wide pooled vector.
+SD3_MEDIUM_CONFIG = dict(
+    attention_head_dim=64,
+    caption_projection_dim=1536,
+    in_channels=16,
+    joint_attention_dim=4096,
+    num_attention_heads=24,
+    num_layers=24,
+    out_channels=16,
+    patch_size=2,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=192,
+    sample_size=128,
+)
+SD3_TEXT_TOKENS = 77 + 256
+
 
 def build_pixart(layers: int, seed: int = 0) -> nn.Module:
     """PixArt-Sigma's PixArtTransformer2DModel with random weights and ``layers`` of its 28 layers."""
@@ -74,6 +100,14 @@ def build_pixart(layers: int, seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     return PixArtTransformer2DModel(**{**PIXART_SIGMA_CONFIG, "num_layers": layers}).eval()
+
+
+def build_sd3(layers: int, seed: int = 0) -> nn.Module:
+    """SD3 medium's SD3Transformer2DModel with random weights and ``layers`` of its 24 joint blocks."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(**{**SD3_MEDIUM_CONFIG, "num_layers": layers}).eval()
 
 
 def build_sd15_unet(seed: int = 0) -> nn.Module:
@@ -85,14 +119,15 @@ def build_sd15_unet(seed: int = 0) -> nn.Module:
 
 
 class SelfAttentionClock:
-    """Adds up the wall time spent inside every ``attn1`` module during a call."""
+    """Adds up the wall time spent inside every self-attention module during a call: ``attn1`` (UNets, PixArt) and
+    SD3's joint ``attn``."""
 
     def __init__(self, unet: nn.Module) -> None:
         self.seconds = 0.0
         self._starts: list[float] = []
         self._handles = []
         for name, module in unet.named_modules():
-            if name.endswith("attn1"):
+            if name.endswith(("attn1", ".attn")):
                 self._handles.append(module.register_forward_pre_hook(self._start))
                 self._handles.append(module.register_forward_hook(self._stop))
 
@@ -126,8 +161,8 @@ def _measure(unet: nn.Module, inputs: tuple, repeats: int, options: dict) -> tup
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the measurement; prints a table and writes ``diffusion.csv`` under ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m elfatt_lab.diffusion.bench", description=__doc__)
-    parser.add_argument("--model", choices=["sd15", "pixart-sigma"], default="sd15")
-    parser.add_argument("--layers", type=int, default=2, help="pixart-sigma: layers of its 28")
+    parser.add_argument("--model", choices=["sd15", "pixart-sigma", "sd3-medium"], default="sd15")
+    parser.add_argument("--layers", type=int, default=2, help="transformers: layers of their 28 (PixArt) or 24 (SD3)")
     parser.add_argument("--latents", nargs="+", default=["64x64", "128x128"], help="latent sizes HxW")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.0], help="merge ratios of the patch")
     parser.add_argument("--block", type=int, default=16)
@@ -143,18 +178,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         parser.exit(2, f"{parser.prog}: error: latent sizes must look like 64x64, got {args.latents}\n")
 
-    pixart = args.model == "pixart-sigma"
-    unet = build_pixart(args.layers) if pixart else build_sd15_unet()
+    pixart, sd3 = args.model == "pixart-sigma", args.model == "sd3-medium"
+    unet = build_pixart(args.layers) if pixart else build_sd3(args.layers) if sd3 else build_sd15_unet()
     generator = torch.Generator().manual_seed(0)
     rows = []
-    name = f"PixArt-Sigma transformer, {args.layers} of 28 layers" if pixart else "SD 1.5 UNet"
+    name = {"pixart-sigma": f"PixArt-Sigma transformer, {args.layers} of 28 layers", "sd15": "SD 1.5 UNet"}.get(
+        args.model, f"SD3 medium transformer, {args.layers} of 24 joint blocks"
+    )
     threads = torch.get_num_threads()
     print(f"{name} (random weights), batch {args.batch}, fp32, {threads} threads, median of {args.repeats}")
     columns = ("latent", 9), ("variant", 18), ("step ms", 10), ("self-attn ms", 13), ("step x", 7), ("attn x", 7)
     print(" ".join(f"{name:>{width}}" for name, width in columns) + f" {'rel diff':>9}")
     for height, width in latents:
-        sample = torch.randn(args.batch, 4, height, width, generator=generator)
-        if pixart:
+        channels = SD3_MEDIUM_CONFIG["in_channels"] if sd3 else 4
+        sample = torch.randn(args.batch, channels, height, width, generator=generator)
+        if sd3:
+            inputs = (sample,)
+            options = dict(
+                encoder_hidden_states=torch.randn(args.batch, SD3_TEXT_TOKENS, 4096, generator=generator),
+                pooled_projections=torch.randn(args.batch, 2048, generator=generator),
+                timestep=torch.full((args.batch,), 500),
+            )
+        elif pixart:
             context = torch.randn(args.batch, PIXART_TEXT_TOKENS, 4096, generator=generator)
             inputs = (sample,)
             options = dict(

@@ -1,5 +1,5 @@
-"""The patch on diffusion transformers whose image tokens attend among themselves (PixArt, DiT), built small as
-diffusers' own tests build them; joint text+image attention (SD3, FLUX) refused in one line."""
+"""The patch on diffusion transformers, built small as diffusers' own tests build them: image tokens attending among
+themselves (PixArt, DiT) and SD3's joint text+image attention; FLUX refused in one line."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import copy
 
 import pytest
 import torch
-from diffusers import DiTTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel
+from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, PixArtTransformer2DModel, SD3Transformer2DModel
 from unets import record_op_calls
 
 import elfatt.diffusion as diffusion
+from elfatt.diffusion.joint import JointELFATTProcessor, _blocks_with_text
 
 PIXART = dict(
     sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
@@ -110,12 +111,106 @@ def test_text_length_changes_and_a_deep_copy():
     torch.testing.assert_close(_pixart_call(twin, latent), _pixart_call(model, latent))
 
 
-def test_joint_text_and_image_attention_is_refused_in_one_line():
+SD3 = dict(
+    sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+    caption_projection_dim=32, joint_attention_dim=16, pooled_projection_dim=8, out_channels=4, qk_norm="rms_norm",
+)  # fmt: skip
+
+
+def _sd3(dtype: torch.dtype = torch.float32) -> SD3Transformer2DModel:
     torch.manual_seed(0)
-    sd3 = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
-        caption_projection_dim=16, joint_attention_dim=16, pooled_projection_dim=8, out_channels=4,
+    return SD3Transformer2DModel(**SD3).eval().to(dtype)
+
+
+def _sd3_call(model: torch.nn.Module, latent: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+    batch = latent.shape[0]
+    generator = torch.Generator().manual_seed(2)
+    text = torch.randn(batch, 7, 16, generator=generator, dtype=latent.dtype) if text is None else text
+    pooled = torch.ones(batch, 8, dtype=latent.dtype)
+    with torch.no_grad():
+        return model(
+            latent, encoder_hidden_states=text, pooled_projections=pooled, timestep=torch.full((batch,), 10)
+        ).sample
+
+
+@pytest.mark.parametrize("latent_side", [(8, 12), (10, 6)], ids=str)
+def test_sd3_joint_attention_reduces_to_the_original_with_no_global_heads_and_one_block(latent_side):
+    model = _sd3(torch.float64)
+    latent = _latent(2, *latent_side, dtype=torch.float64)
+    original = _sd3_call(model, latent)
+    diffusion.apply_patch(model, ratio=0.0, split=0.0, block=64)
+    assert all(isinstance(p, JointELFATTProcessor) for p in model.attn_processors.values())
+    torch.testing.assert_close(_sd3_call(model, latent), original, rtol=1e-10, atol=1e-10)
+    # smaller blocks, and global heads: something else, still finite
+    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=(3, 2))
+    changed = _sd3_call(model, latent)
+    assert torch.isfinite(changed).all() and not torch.allclose(changed, original, atol=1e-6)
+
+
+def _masked_reference(q, k, v, text_kv, grid, block, scale):
+    """Each image query's exact attention to the image keys of its block and every text key, as one masked
+    attention over all keys; float64, written from the definition."""
+    (height, width), (bh, bw) = grid, block
+    rows = torch.arange(height * width) // width
+    cols = torch.arange(height * width) % width
+    same_block = ((rows[:, None] // bh) == (rows[None] // bh)) & ((cols[:, None] // bw) == (cols[None] // bw))
+    keys, values, allowed = k, v, same_block
+    if text_kv is not None:
+        keys, values = torch.cat([k, text_kv[0]], 1), torch.cat([v, text_kv[1]], 1)
+        allowed = torch.cat([same_block, torch.ones(height * width, text_kv[0].shape[1], dtype=torch.bool)], 1)
+    scores = torch.einsum("bnhd,bmhd->bhnm", q, keys) * scale
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return torch.einsum("bhnm,bmhd->bnhd", weights, values)
+
+
+@pytest.mark.parametrize("with_text", [True, False], ids=["text", "no-text"])
+@pytest.mark.parametrize("grid, block", [((5, 7), (2, 3)), ((4, 6), (2, 3)), ((3, 5), (8, 8))], ids=str)
+def test_blocks_with_text_match_the_masked_reference_forward_and_backward(grid, block, with_text):
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, grid[0] * grid[1], 3, 4)
+    q, k, v = (torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    text = None
+    if with_text:
+        text = tuple(
+            torch.randn(2, 5, 3, 4, generator=generator, dtype=torch.float64, requires_grad=True) for _ in "kv"
+        )
+    clipped = (min(block[0], grid[0]), min(block[1], grid[1]))
+    out = _blocks_with_text(q, k, v, text, grid, clipped, 0.5)
+    expected = _masked_reference(q, k, v, text, grid, clipped, 0.5)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    inputs = (q, k, v, *(text or ()))
+    cotangent = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    got = torch.autograd.grad(out, inputs, cotangent)
+    want = torch.autograd.grad(expected, inputs, cotangent)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_sd3_guidance_batch_text_length_deep_copy_and_removal():
+    model = _sd3(torch.float64)
+    originals = dict(model.attn_processors)
+    latent = _latent(4, 8, 10, dtype=torch.float64)
+    text = torch.randn(4, 7, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    original = _sd3_call(model, latent, text)
+    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=2)
+    whole = _sd3_call(model, latent, text)
+    halves = torch.cat([_sd3_call(model, latent[:2], text[:2]), _sd3_call(model, latent[2:], text[2:])])
+    torch.testing.assert_close(whole, halves, rtol=1e-10, atol=1e-10)
+    longer = torch.randn(4, 11, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert _sd3_call(model, latent, longer).shape == whole.shape
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(_sd3_call(twin, latent, text), whole)
+    diffusion.remove_patch(model)
+    assert all(model.attn_processors[name] is processor for name, processor in originals.items())
+    assert torch.equal(_sd3_call(model, latent, text), original)
+
+
+def test_flux_is_refused_in_one_line():
+    torch.manual_seed(0)
+    flux = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
     )  # fmt: skip
-    with pytest.raises(TypeError, match="jointly .*JointAttnProcessor2_0.* does not compute yet"):
-        diffusion.apply_patch(sd3)
-    assert not hasattr(sd3, "_elfatt_patch")
+    with pytest.raises(TypeError, match="jointly .*FluxAttnProcessor.* does not compute yet"):
+        diffusion.apply_patch(flux)
+    assert not hasattr(flux, "_elfatt_patch")
