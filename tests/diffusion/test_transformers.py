@@ -214,3 +214,16 @@ def test_flux_is_refused_in_one_line():
     with pytest.raises(TypeError, match="jointly .*FluxAttnProcessor.* does not compute yet"):
         diffusion.apply_patch(flux)
     assert not hasattr(flux, "_elfatt_patch")
+
+
+@pytest.mark.parametrize("build, call", [(_pixart, _pixart_call), (_sd3, _sd3_call)], ids=["pixart", "sd3"])
+def test_a_patched_transformer_compiles_and_matches_eager(build, call):
+    model = build()
+    latent = _latent(2, 8, 12)
+    original = call(model, latent)
+    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=2)
+    eager = call(model, latent)
+    assert not torch.allclose(eager, original, atol=1e-5), "the patch must change the output for this test to mean"
+    # AOT autograd's eager backend: Dynamo's capture of the patched processors, without Inductor's compile time
+    compiled = call(torch.compile(model, backend="aot_eager"), latent)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
