@@ -75,7 +75,8 @@ class JointELFATTProcessor:
         prefix = 0 if text is None else text[0].shape[1]
         parts = []
         if num_global:
-            joined = [x[:, :, :num_global] if text is None else torch.cat([t, x], 1)[:, :, :num_global]
+            # the text first, as prefix tokens; only the global heads are joined
+            joined = [x[:, :, :num_global] if t is None else torch.cat([t[:, :, :num_global], x[:, :, :num_global]], 1)
                       for x, t in zip((q, k, v), text or (None,) * 3, strict=True)]  # fmt: skip
             out = elfatt(*joined, grid, num_global_heads=num_global, num_prefix_tokens=prefix)
             parts.append(out[:, prefix:])

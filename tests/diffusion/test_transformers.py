@@ -227,3 +227,22 @@ def test_a_patched_transformer_compiles_and_matches_eager(build, call):
     # AOT autograd's eager backend: Dynamo's capture of the patched processors, without Inductor's compile time
     compiled = call(torch.compile(model, backend="aot_eager"), latent)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_sd3_global_heads_are_linear_attention_of_the_image_queries_over_text_and_image_keys():
+    """All heads global: each image query gets softmax over channels of q, times softmax over all P + N tokens of
+    k, transposed, times v (written from ELFATT's equation, float64)."""
+    from elfatt.diffusion.processor import PatchConfig, PatchState
+
+    generator = torch.Generator().manual_seed(0)
+    grid, prefix = (3, 5), 4
+    q, k, v = (torch.randn(2, 15, 2, 8, generator=generator, dtype=torch.float64) for _ in range(3))
+    text = tuple(torch.randn(2, prefix, 2, 8, generator=generator, dtype=torch.float64) for _ in range(3))
+    processor = JointELFATTProcessor(PatchState(PatchConfig(split=1.0, ratio=0.0)), original=None)
+    attn = torch.nn.Module()
+    attn.scale = 8**-0.5
+    out = processor._image_attention(attn, q, k, v, text, grid)
+    keys, values = torch.cat([text[1], k], 1), torch.cat([text[2], v], 1)
+    context = torch.einsum("bmhc,bmhd->bhcd", keys.softmax(dim=1), values)
+    expected = torch.einsum("bnhc,bhcd->bnhd", q.softmax(dim=-1), context)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
