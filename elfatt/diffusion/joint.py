@@ -1,4 +1,5 @@
-"""SD3's joint text+image attention computed with ELFATT over the image tokens, training-free."""
+"""Joint text+image attention (SD3's MMDiT, FLUX's double- and single-stream blocks) computed with ELFATT over the
+image tokens, training-free."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from elfatt.diffusion.processor import PatchState
 from elfatt.ops import elfatt, global_head_count
 from elfatt.ops.blocks import ceil_div, resolve_block
 
-__all__ = ["JointELFATTProcessor"]
+__all__ = ["JointELFATTProcessor", "FluxELFATTProcessor"]
 
 
 class JointELFATTProcessor:
@@ -48,7 +49,7 @@ class JointELFATTProcessor:
         if encoder_hidden_states is not None:
             projections = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
             text = _projected(attn, encoder_hidden_states, projections, (attn.norm_added_q, attn.norm_added_k))
-        image_out = self._image_attention(attn, q, k, v, text, grid).flatten(2)
+        image_out = self._image_attention(attn.scale, q, k, v, text, grid).flatten(2)
         image_out = attn.to_out[1](attn.to_out[0](image_out))
         if text is None:
             return image_out
@@ -61,7 +62,7 @@ class JointELFATTProcessor:
 
     def _image_attention(
         self,
-        attn: torch.nn.Module,
+        scale: float,
         q: Tensor,
         k: Tensor,
         v: Tensor,
@@ -85,10 +86,57 @@ class JointELFATTProcessor:
             parts.append(
                 _blocks_with_text(
                     q[:, :, num_global:], k[:, :, num_global:], v[:, :, num_global:], text_kv, grid,
-                    resolve_block(grid, config.block), attn.scale,
+                    resolve_block(grid, config.block), scale,
                 )
             )  # fmt: skip
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+class FluxELFATTProcessor(JointELFATTProcessor):
+    """FLUX's ``FluxAttnProcessor`` with ELFATT for the image queries: as :class:`JointELFATTProcessor`, after FLUX's
+    q/k norms and rotary embedding of the text-then-image sequence. The double-stream blocks get the text as
+    ``encoder_hidden_states``; the single-stream blocks get one sequence whose first tokens are the text (their
+    count from the running call). Fused projections and attention masks go to the original processor."""
+
+    def __call__(  # type: ignore[override]
+        self,
+        attn: torch.nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        image_rotary_emb: object = None,
+        **kwargs: object,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        grid, single = self.state.latent_size, encoder_hidden_states is None
+        prefix = self.state.text_tokens if single else encoder_hidden_states.shape[1]
+        if (
+            grid is None
+            or prefix is None
+            or grid[0] * grid[1] != hidden_states.shape[1] - (prefix if single else 0)
+            or attention_mask is not None
+            or getattr(attn, "fused_projections", False)
+        ):
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
+        q, k, v = _projected(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
+        if not single:
+            projections = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+            text_q, text_k, text_v = _projected(
+                attn, encoder_hidden_states, projections, (attn.norm_added_q, attn.norm_added_k)
+            )
+            q, k, v = (torch.cat(pair, dim=1) for pair in ((text_q, q), (text_k, k), (text_v, v)))
+        if image_rotary_emb is not None:
+            q, k = (apply_rotary_emb(x, image_rotary_emb, sequence_dim=1) for x in (q, k))
+        scale = attn.head_dim**-0.5
+        text = (q[:, :prefix], k[:, :prefix], v[:, :prefix])
+        image_out = self._image_attention(scale, q[:, prefix:], k[:, prefix:], v[:, prefix:], text, grid)
+        text_q, keys, values = (x.transpose(1, 2) for x in (text[0], k, v))
+        text_out = F.scaled_dot_product_attention(text_q, keys, values, scale=scale).transpose(1, 2)
+        if single:
+            return torch.cat([text_out, image_out], dim=1).flatten(2).to(q.dtype)
+        image_out = attn.to_out[1](attn.to_out[0](image_out.flatten(2)))
+        return image_out, attn.to_add_out(text_out.flatten(2))
 
 
 def _projected(attn: torch.nn.Module, x: Tensor, projections: tuple, norms: tuple) -> tuple[Tensor, Tensor, Tensor]:

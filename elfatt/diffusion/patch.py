@@ -7,7 +7,7 @@ import dataclasses
 
 from torch import nn
 
-from elfatt.diffusion.joint import JointELFATTProcessor
+from elfatt.diffusion.joint import FluxELFATTProcessor, JointELFATTProcessor
 from elfatt.diffusion.processor import ATTENTION_MODES, ELFATTAttnProcessor, LatentSizeHooks, PatchConfig, PatchState
 from elfatt.ops.blocks import BlockSpec, encode_block
 
@@ -17,9 +17,9 @@ _PATCH_ATTRIBUTE = "_elfatt_patch"
 
 
 # Processors of joint text+image attention that the patch does not compute yet: it would leave them as they are.
-_UNCOVERED_PROCESSORS = ("FluxAttnProcessor", "Flux")
-# The joint attention it computes, by the processor's class name: SD3's.
-_JOINT_PROCESSORS = ("JointAttnProcessor2_0",)
+_UNCOVERED_PROCESSORS = ("FluxIPAdapter",)
+# The joint attention it computes, by the processor's class name: SD3's and FLUX's.
+_JOINT_PROCESSORS = {"JointAttnProcessor2_0": JointELFATTProcessor, "FluxAttnProcessor": FluxELFATTProcessor}
 
 
 def _unet(pipe_or_unet: object) -> nn.Module:
@@ -37,7 +37,7 @@ def _unet(pipe_or_unet: object) -> nn.Module:
     if uncovered:
         raise TypeError(
             f"{type(unet).__name__} attends text and image tokens jointly ({', '.join(uncovered)}), which "
-            "elfatt.diffusion does not compute yet; it patches UNets, PixArt, DiT and SD3"
+            "elfatt.diffusion does not compute yet; it patches UNets, PixArt, DiT, SD3 and FLUX"
         )
     return unet
 
@@ -75,10 +75,8 @@ def _processors_are_ours(unet: nn.Module) -> bool:
 
 
 def _wrapped(state: PatchState, original: object) -> ELFATTAttnProcessor | JointELFATTProcessor:
-    """The patch's processor around a layer's ``original`` one: SD3's joint attention, or any other."""
-    if type(original).__name__ in _JOINT_PROCESSORS:
-        return JointELFATTProcessor(state, original)
-    return ELFATTAttnProcessor(state, original)
+    """The patch's processor around a layer's ``original`` one: SD3's or FLUX's joint attention, or any other."""
+    return _JOINT_PROCESSORS.get(type(original).__name__, ELFATTAttnProcessor)(state, original)
 
 
 def _check_config(config: PatchConfig) -> None:
@@ -118,7 +116,8 @@ def apply_patch(
     image tokens attend among themselves (``PixArtTransformer2DModel``, ``DiTTransformer2DModel``: their token grid
     is the latent over the patch size), on SD3's joint text+image attention (``SD3Transformer2DModel``: the image
     tokens run ELFATT with the text as prefix tokens, see :class:`~elfatt.diffusion.joint.JointELFATTProcessor`; no
-    merging there), and on any latent size, non-square included. FLUX is refused with a TypeError.
+    merging there), on FLUX's double- and single-stream blocks (``FluxTransformer2DModel``, the same after its
+    rotary embedding; its grid from ``img_ids``), and on any latent size, non-square included.
     :func:`remove_patch` restores the original processors, the very same objects.
 
     Args:

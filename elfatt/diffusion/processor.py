@@ -53,6 +53,7 @@ class PatchState:
 
     config: PatchConfig
     latent_size: tuple[int, int] | None = None
+    text_tokens: int | None = None
     warned_no_latent: bool = False
     generator: torch.Generator = field(default_factory=torch.Generator)
 
@@ -98,13 +99,20 @@ class LatentSizeHooks:
         self.state = state
 
     def before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        text = kwargs.get("encoder_hidden_states")
+        self.state.text_tokens = None if text is None else text.shape[1]
+        image_ids = kwargs.get("img_ids")
+        if image_ids is not None:
+            # FLUX: packed tokens, their (row, column) in the id's last two places
+            self.state.latent_size = (int(image_ids[..., 1].max()) + 1, int(image_ids[..., 2].max()) + 1)
+            return
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         # a transformer's tokens are the latent's patches (a stride-p convolution: sides rounded down)
         patch = getattr(getattr(module, "config", None), "patch_size", None) or 1
         self.state.latent_size = (sample.shape[-2] // patch, sample.shape[-1] // patch)
 
     def after(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        self.state.latent_size = None
+        self.state.latent_size = self.state.text_tokens = None
 
 
 class ELFATTAttnProcessor:

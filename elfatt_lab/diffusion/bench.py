@@ -28,6 +28,7 @@ __all__ = [
     "build_sd15_unet",
     "build_pixart",
     "build_sd3",
+    "build_flux",
     "main",
 ]
 
@@ -93,6 +94,22 @@ SD3_MEDIUM_CONFIG = dict(
 )
 SD3_TEXT_TOKENS = 77 + 256
 
+# The transformer/config.json of FLUX.1 (19 double-stream and 38 single-stream blocks of 24 heads of 128 channels);
+# its latents are packed 2x2 (64 channels), its text is T5's 512 tokens, 4096 wide, and a 768-wide pooled vector.
+FLUX1_CONFIG = dict(
+    attention_head_dim=128,
+    axes_dims_rope=(16, 56, 56),
+    guidance_embeds=False,
+    in_channels=64,
+    joint_attention_dim=4096,
+    num_attention_heads=24,
+    num_layers=19,
+    num_single_layers=38,
+    patch_size=1,
+    pooled_projection_dim=768,
+)
+FLUX_TEXT_TOKENS = 512
+
 
 def build_pixart(layers: int, seed: int = 0) -> nn.Module:
     """PixArt-Sigma's PixArtTransformer2DModel with random weights and ``layers`` of its 28 layers."""
@@ -108,6 +125,31 @@ def build_sd3(layers: int, seed: int = 0) -> nn.Module:
 
     torch.manual_seed(seed)
     return SD3Transformer2DModel(**{**SD3_MEDIUM_CONFIG, "num_layers": layers}).eval()
+
+
+def build_flux(layers: int, seed: int = 0) -> nn.Module:
+    """FLUX.1's FluxTransformer2DModel with random weights, ``layers`` double-stream and ``layers`` single-stream
+    blocks."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(**{**FLUX1_CONFIG, "num_layers": layers, "num_single_layers": layers}).eval()
+
+
+def _flux_inputs(batch: int, latent: tuple[int, int], generator: torch.Generator) -> tuple[tuple, dict]:
+    """FLUX's packed tokens (2x2 latent patches) and their ids, as its pipeline makes them."""
+    rows, cols = latent[0] // 2, latent[1] // 2
+    tokens = torch.randn(batch, rows * cols, 64, generator=generator)
+    grid_rows, grid_cols = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    image_ids = torch.stack([torch.zeros_like(grid_rows), grid_rows, grid_cols], -1).reshape(-1, 3).float()
+    options = dict(
+        encoder_hidden_states=torch.randn(batch, FLUX_TEXT_TOKENS, 4096, generator=generator),
+        pooled_projections=torch.randn(batch, 768, generator=generator),
+        timestep=torch.full((batch,), 0.5),
+        img_ids=image_ids,
+        txt_ids=torch.zeros(FLUX_TEXT_TOKENS, 3),
+    )
+    return (tokens,), options
 
 
 def build_sd15_unet(seed: int = 0) -> nn.Module:
@@ -161,8 +203,13 @@ def _measure(unet: nn.Module, inputs: tuple, repeats: int, options: dict) -> tup
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the measurement; prints a table and writes ``diffusion.csv`` under ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m elfatt_lab.diffusion.bench", description=__doc__)
-    parser.add_argument("--model", choices=["sd15", "pixart-sigma", "sd3-medium"], default="sd15")
-    parser.add_argument("--layers", type=int, default=2, help="transformers: layers of their 28 (PixArt) or 24 (SD3)")
+    parser.add_argument("--model", choices=["sd15", "pixart-sigma", "sd3-medium", "flux1"], default="sd15")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=2,
+        help="transformers: layers of their 28 (PixArt) or 24 (SD3); FLUX: of each kind",
+    )
     parser.add_argument("--latents", nargs="+", default=["64x64", "128x128"], help="latent sizes HxW")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.0], help="merge ratios of the patch")
     parser.add_argument("--block", type=int, default=16)
@@ -178,13 +225,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         parser.exit(2, f"{parser.prog}: error: latent sizes must look like 64x64, got {args.latents}\n")
 
-    pixart, sd3 = args.model == "pixart-sigma", args.model == "sd3-medium"
-    unet = build_pixart(args.layers) if pixart else build_sd3(args.layers) if sd3 else build_sd15_unet()
+    pixart, sd3, flux = args.model == "pixart-sigma", args.model == "sd3-medium", args.model == "flux1"
+    builders = {"pixart-sigma": build_pixart, "sd3-medium": build_sd3, "flux1": build_flux}
+    unet = builders[args.model](args.layers) if args.model in builders else build_sd15_unet()
     generator = torch.Generator().manual_seed(0)
     rows = []
-    name = {"pixart-sigma": f"PixArt-Sigma transformer, {args.layers} of 28 layers", "sd15": "SD 1.5 UNet"}.get(
-        args.model, f"SD3 medium transformer, {args.layers} of 24 joint blocks"
-    )
+    name = {
+        "pixart-sigma": f"PixArt-Sigma transformer, {args.layers} of 28 layers",
+        "sd3-medium": f"SD3 medium transformer, {args.layers} of 24 joint blocks",
+        "flux1": f"FLUX.1 transformer, {args.layers} double- and {args.layers} single-stream blocks",
+    }.get(args.model, "SD 1.5 UNet")
     threads = torch.get_num_threads()
     print(f"{name} (random weights), batch {args.batch}, fp32, {threads} threads, median of {args.repeats}")
     columns = ("latent", 9), ("variant", 18), ("step ms", 10), ("self-attn ms", 13), ("step x", 7), ("attn x", 7)
@@ -192,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for height, width in latents:
         channels = SD3_MEDIUM_CONFIG["in_channels"] if sd3 else 4
         sample = torch.randn(args.batch, channels, height, width, generator=generator)
-        if sd3:
+        if flux:
+            inputs, options = _flux_inputs(args.batch, (height, width), generator)
+        elif sd3:
             inputs = (sample,)
             options = dict(
                 encoder_hidden_states=torch.randn(args.batch, SD3_TEXT_TOKENS, 4096, generator=generator),

@@ -11,7 +11,7 @@ from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, PixArtTrans
 from unets import record_op_calls
 
 import elfatt.diffusion as diffusion
-from elfatt.diffusion.joint import JointELFATTProcessor, _blocks_with_text
+from elfatt.diffusion.joint import FluxELFATTProcessor, JointELFATTProcessor, _blocks_with_text
 
 PIXART = dict(
     sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
@@ -205,15 +205,74 @@ def test_sd3_guidance_batch_text_length_deep_copy_and_removal():
     assert torch.equal(_sd3_call(model, latent, text), original)
 
 
-def test_flux_is_refused_in_one_line():
+FLUX = dict(
+    patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+    joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+)  # fmt: skip
+
+
+def _flux(dtype: torch.dtype = torch.float32) -> FluxTransformer2DModel:
     torch.manual_seed(0)
-    flux = FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-    )  # fmt: skip
-    with pytest.raises(TypeError, match="jointly .*FluxAttnProcessor.* does not compute yet"):
-        diffusion.apply_patch(flux)
-    assert not hasattr(flux, "_elfatt_patch")
+    return FluxTransformer2DModel(**FLUX).eval().to(dtype)
+
+
+def _flux_call(model: torch.nn.Module, latent: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+    """FLUX's own packing: the latent's tokens row-major, their (0, row, column) ids, text ids all zero."""
+    batch, channels, height, width = latent.shape
+    tokens = latent.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    image_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).to(latent.dtype)
+    text = (
+        torch.randn(batch, 6, 32, generator=torch.Generator().manual_seed(5), dtype=latent.dtype)
+        if text is None
+        else text
+    )
+    text_ids = torch.zeros(text.shape[1], 3, dtype=latent.dtype)
+    pooled = torch.ones(batch, 32, dtype=latent.dtype)
+    with torch.no_grad():
+        return model(
+            tokens, encoder_hidden_states=text, pooled_projections=pooled, timestep=torch.full((batch,), 0.5),
+            img_ids=image_ids, txt_ids=text_ids,
+        ).sample  # fmt: skip
+
+
+@pytest.mark.parametrize("latent_side", [(4, 6), (5, 3)], ids=str)
+def test_flux_reduces_to_the_original_with_no_global_heads_and_one_block(latent_side):
+    model = _flux(torch.float64)
+    latent = _latent(2, *latent_side, dtype=torch.float64)
+    original = _flux_call(model, latent)
+    diffusion.apply_patch(model, ratio=0.0, split=0.0, block=64)
+    assert all(isinstance(p, FluxELFATTProcessor) for p in model.attn_processors.values())
+    # both the double-stream and the single-stream block ran the patch's path
+    torch.testing.assert_close(_flux_call(model, latent), original, rtol=1e-10, atol=1e-10)
+    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=2)
+    changed = _flux_call(model, latent)
+    assert torch.isfinite(changed).all() and not torch.allclose(changed, original, atol=1e-6)
+    diffusion.remove_patch(model)
+    assert torch.equal(_flux_call(model, latent), original)
+
+
+def test_flux_guidance_batch_and_deep_copy():
+    model = _flux(torch.float64)
+    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=2)
+    latent = _latent(4, 4, 6, dtype=torch.float64)
+    text = torch.randn(4, 6, 32, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    whole = _flux_call(model, latent, text)
+    halves = torch.cat([_flux_call(model, latent[:2], text[:2]), _flux_call(model, latent[2:], text[2:])])
+    torch.testing.assert_close(whole, halves, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(_flux_call(copy.deepcopy(model), latent, text), whole)
+
+
+def test_flux_patch_runs_in_every_block(monkeypatch):
+    import elfatt.diffusion.joint as joint
+
+    calls = []
+    real = joint._blocks_with_text
+    monkeypatch.setattr(joint, "_blocks_with_text", lambda *a: calls.append(a[4]) or real(*a))
+    model = _flux()
+    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=2)
+    _flux_call(model, _latent(1, 4, 6))
+    assert calls == [(4, 6), (4, 6)], "one double-stream and one single-stream block, on the 4x6 grid"
 
 
 @pytest.mark.parametrize("build, call", [(_pixart, _pixart_call), (_sd3, _sd3_call)], ids=["pixart", "sd3"])
@@ -246,3 +305,15 @@ def test_sd3_global_heads_are_linear_attention_of_the_image_queries_over_text_an
     context = torch.einsum("bmhc,bmhd->bhcd", keys.softmax(dim=1), values)
     expected = torch.einsum("bnhc,bhcd->bnhd", q.softmax(dim=-1), context)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_joint_processors_it_does_not_compute_are_refused_in_one_line():
+    class FluxIPAdapterAttnProcessor:  # FLUX's IP-Adapter processor, by name: its image prompt is not covered
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("not called")
+
+    model = _pixart()
+    model.transformer_blocks[0].attn1.set_processor(FluxIPAdapterAttnProcessor())
+    with pytest.raises(TypeError, match="jointly .*FluxIPAdapterAttnProcessor.* does not compute yet"):
+        diffusion.apply_patch(model)
+    assert not hasattr(model, "_elfatt_patch")
