@@ -133,20 +133,6 @@ def _sd3_call(model: torch.nn.Module, latent: torch.Tensor, text: torch.Tensor |
         ).sample
 
 
-@pytest.mark.parametrize("latent_side", [(8, 12), (10, 6)], ids=str)
-def test_sd3_joint_attention_reduces_to_the_original_with_no_global_heads_and_one_block(latent_side):
-    model = _sd3(torch.float64)
-    latent = _latent(2, *latent_side, dtype=torch.float64)
-    original = _sd3_call(model, latent)
-    diffusion.apply_patch(model, ratio=0.0, split=0.0, block=64)
-    assert all(isinstance(p, JointELFATTProcessor) for p in model.attn_processors.values())
-    torch.testing.assert_close(_sd3_call(model, latent), original, rtol=1e-10, atol=1e-10)
-    # smaller blocks, and global heads: something else, still finite
-    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=(3, 2))
-    changed = _sd3_call(model, latent)
-    assert torch.isfinite(changed).all() and not torch.allclose(changed, original, atol=1e-6)
-
-
 def _masked_reference(q, k, v, text_kv, grid, block, scale):
     """Each image query's exact attention to the image keys of its block and every text key, as one masked
     attention over all keys; float64, written from the definition."""
@@ -236,20 +222,31 @@ def _flux_call(model: torch.nn.Module, latent: torch.Tensor, text: torch.Tensor 
         ).sample  # fmt: skip
 
 
-@pytest.mark.parametrize("latent_side", [(4, 6), (5, 3)], ids=str)
-def test_flux_reduces_to_the_original_with_no_global_heads_and_one_block(latent_side):
-    model = _flux(torch.float64)
+@pytest.mark.parametrize(
+    "build, call, processor, latent_side",
+    [
+        (_sd3, _sd3_call, JointELFATTProcessor, (8, 12)),
+        (_sd3, _sd3_call, JointELFATTProcessor, (10, 6)),
+        (_flux, _flux_call, FluxELFATTProcessor, (4, 6)),
+        (_flux, _flux_call, FluxELFATTProcessor, (5, 3)),
+    ],
+    ids=["sd3-8x12", "sd3-10x6", "flux-4x6", "flux-5x3"],
+)
+def test_joint_attention_reduces_to_the_original_with_no_global_heads_and_one_block(
+    build, call, processor, latent_side
+):
+    model = build(torch.float64)
     latent = _latent(2, *latent_side, dtype=torch.float64)
-    original = _flux_call(model, latent)
+    original = call(model, latent)
     diffusion.apply_patch(model, ratio=0.0, split=0.0, block=64)
-    assert all(isinstance(p, FluxELFATTProcessor) for p in model.attn_processors.values())
-    # both the double-stream and the single-stream block ran the patch's path
-    torch.testing.assert_close(_flux_call(model, latent), original, rtol=1e-10, atol=1e-10)
-    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=2)
-    changed = _flux_call(model, latent)
+    assert all(type(p) is processor for p in model.attn_processors.values())
+    torch.testing.assert_close(call(model, latent), original, rtol=1e-10, atol=1e-10)
+    # smaller blocks, and global heads: something else, still finite
+    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=(3, 2))
+    changed = call(model, latent)
     assert torch.isfinite(changed).all() and not torch.allclose(changed, original, atol=1e-6)
     diffusion.remove_patch(model)
-    assert torch.equal(_flux_call(model, latent), original)
+    assert torch.equal(call(model, latent), original)
 
 
 def test_flux_guidance_batch_and_deep_copy():
