@@ -1,4 +1,5 @@
-"""Training-free ELFATT for diffusers UNets: ``apply_patch(pipe)`` / ``remove_patch(pipe)``.
+"""Training-free ELFATT for diffusers UNets and diffusion transformers (PixArt, DiT, SD3, FLUX):
+``apply_patch(pipe)`` / ``remove_patch(pipe)``.
 
 Needs the ``diffusion`` extra (``pip install elfatt[diffusion]``); ``import elfatt`` never imports diffusers.
 """
