@@ -44,52 +44,44 @@ class JointELFATTProcessor:
         grid = self.state.latent_size
         if grid is None or grid[0] * grid[1] != hidden_states.shape[1] or attention_mask is not None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        q, k, v = _projected(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
-        text = None
-        if encoder_hidden_states is not None:
-            projections = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
-            text = _projected(attn, encoder_hidden_states, projections, (attn.norm_added_q, attn.norm_added_k))
-        image_out = self._image_attention(attn.scale, q, k, v, text, grid).flatten(2)
-        image_out = attn.to_out[1](attn.to_out[0](image_out))
-        if text is None:
+        q, k, v = _joined_qkv(attn, hidden_states, encoder_hidden_states)
+        prefix = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        text_out, image_out = self._joint_attention(attn.scale, q, k, v, prefix, grid)
+        image_out = attn.to_out[1](attn.to_out[0](image_out.flatten(2)))
+        if encoder_hidden_states is None:
             return image_out
-        text_q, text_k, text_v = (x.transpose(1, 2) for x in text)
-        keys, values = (torch.cat([x.transpose(1, 2), t], dim=2) for x, t in ((k, text_k), (v, text_v)))
-        text_out = F.scaled_dot_product_attention(text_q, keys, values, scale=attn.scale).transpose(1, 2).flatten(2)
+        text_out = text_out.flatten(2)
         if not attn.context_pre_only:
             text_out = attn.to_add_out(text_out)
         return image_out, text_out
 
-    def _image_attention(
-        self,
-        scale: float,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        text: tuple[Tensor, Tensor, Tensor] | None,
-        grid: tuple[int, int],
-    ) -> Tensor:
-        """The image queries' outputs ``[B, N, heads, d]``."""
+    def _joint_attention(
+        self, scale: float, q: Tensor, k: Tensor, v: Tensor, prefix: int, grid: tuple[int, int]
+    ) -> tuple[Tensor | None, Tensor]:
+        """The outputs ``[B, P, heads, d]`` of the text queries (None without text) and ``[B, N, heads, d]`` of the
+        image queries of a text-then-image sequence ``q, k, v`` ``[B, P + N, heads, d]``."""
         config = self.state.config
         heads = q.shape[2]
         num_global = global_head_count(heads, config.split, round_down=True)
-        prefix = 0 if text is None else text[0].shape[1]
         parts = []
         if num_global:
-            # the text first, as prefix tokens; only the global heads are joined
-            joined = [x[:, :, :num_global] if t is None else torch.cat([t[:, :, :num_global], x[:, :, :num_global]], 1)
-                      for x, t in zip((q, k, v), text or (None,) * 3, strict=True)]  # fmt: skip
-            out = elfatt(*joined, grid, num_global_heads=num_global, num_prefix_tokens=prefix)
+            # the text tokens are ELFATT's prefix tokens
+            out = elfatt(
+                q[:, :, :num_global], k[:, :, :num_global], v[:, :, :num_global], grid, num_global_heads=num_global,
+                num_prefix_tokens=prefix,
+            )  # fmt: skip
             parts.append(out[:, prefix:])
         if num_global < heads:
-            text_kv = None if text is None else (text[1][:, :, num_global:], text[2][:, :, num_global:])
+            q_b, k_b, v_b = (x[:, :, num_global:] for x in (q, k, v))
+            text_kv = (k_b[:, :prefix], v_b[:, :prefix]) if prefix else None
+            block = resolve_block(grid, config.block)
             parts.append(
-                _blocks_with_text(
-                    q[:, :, num_global:], k[:, :, num_global:], v[:, :, num_global:], text_kv, grid,
-                    resolve_block(grid, config.block), scale,
-                )
-            )  # fmt: skip
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+                _blocks_with_text(q_b[:, prefix:], k_b[:, prefix:], v_b[:, prefix:], text_kv, grid, block, scale)
+            )
+        image_out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        text_q, keys, values = (x.transpose(1, 2) for x in (q[:, :prefix], k, v))
+        text_out = F.scaled_dot_product_attention(text_q, keys, values, scale=scale).transpose(1, 2) if prefix else None
+        return text_out, image_out
 
 
 class FluxELFATTProcessor(JointELFATTProcessor):
@@ -119,24 +111,27 @@ class FluxELFATTProcessor(JointELFATTProcessor):
             or getattr(attn, "fused_projections", False)
         ):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
-        q, k, v = _projected(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
-        if not single:
-            projections = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
-            text_q, text_k, text_v = _projected(
-                attn, encoder_hidden_states, projections, (attn.norm_added_q, attn.norm_added_k)
-            )
-            q, k, v = (torch.cat(pair, dim=1) for pair in ((text_q, q), (text_k, k), (text_v, v)))
+        q, k, v = _joined_qkv(attn, hidden_states, encoder_hidden_states)
         if image_rotary_emb is not None:
             q, k = (apply_rotary_emb(x, image_rotary_emb, sequence_dim=1) for x in (q, k))
-        scale = attn.head_dim**-0.5
-        text = (q[:, :prefix], k[:, :prefix], v[:, :prefix])
-        image_out = self._image_attention(scale, q[:, prefix:], k[:, prefix:], v[:, prefix:], text, grid)
-        text_q, keys, values = (x.transpose(1, 2) for x in (text[0], k, v))
-        text_out = F.scaled_dot_product_attention(text_q, keys, values, scale=scale).transpose(1, 2)
+        text_out, image_out = self._joint_attention(attn.head_dim**-0.5, q, k, v, prefix, grid)
         if single:
             return torch.cat([text_out, image_out], dim=1).flatten(2).to(q.dtype)
         image_out = attn.to_out[1](attn.to_out[0](image_out.flatten(2)))
         return image_out, attn.to_add_out(text_out.flatten(2))
+
+
+def _joined_qkv(
+    attn: torch.nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v ``[B, P + N, heads, d]`` of the text (``encoder_hidden_states``, through the layer's ``add_*``
+    projections and ``norm_added_*``; none where it is None) followed by the image tokens."""
+    q, k, v = _projected(attn, hidden_states, (attn.to_q, attn.to_k, attn.to_v), (attn.norm_q, attn.norm_k))
+    if encoder_hidden_states is None:
+        return q, k, v
+    projections = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+    text = _projected(attn, encoder_hidden_states, projections, (attn.norm_added_q, attn.norm_added_k))
+    return tuple(torch.cat(pair, dim=1) for pair in zip(text, (q, k, v), strict=True))
 
 
 def _projected(attn: torch.nn.Module, x: Tensor, projections: tuple, norms: tuple) -> tuple[Tensor, Tensor, Tensor]:

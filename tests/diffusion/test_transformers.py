@@ -295,9 +295,8 @@ def test_sd3_global_heads_are_linear_attention_of_the_image_queries_over_text_an
     q, k, v = (torch.randn(2, 15, 2, 8, generator=generator, dtype=torch.float64) for _ in range(3))
     text = tuple(torch.randn(2, prefix, 2, 8, generator=generator, dtype=torch.float64) for _ in range(3))
     processor = JointELFATTProcessor(PatchState(PatchConfig(split=1.0, ratio=0.0)), original=None)
-    attn = torch.nn.Module()
-    attn.scale = 8**-0.5
-    out = processor._image_attention(attn, q, k, v, text, grid)
+    joined = [torch.cat(pair, 1) for pair in zip(text, (q, k, v), strict=True)]
+    _, out = processor._joint_attention(8**-0.5, *joined, prefix, grid)
     keys, values = torch.cat([text[1], k], 1), torch.cat([text[2], v], 1)
     context = torch.einsum("bmhc,bmhd->bhcd", keys.softmax(dim=1), values)
     expected = torch.einsum("bnhc,bhcd->bnhd", q.softmax(dim=-1), context)
