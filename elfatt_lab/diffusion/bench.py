@@ -1,5 +1,6 @@
 """Evidence without pretrained weights: the patch on a randomly initialised UNet with Stable Diffusion 1.5's config,
-or on PixArt-Sigma's transformer at its real width with fewer layers (``--model pixart-sigma --layers 2``).
+or on PixArt-Sigma's, SD3 medium's or FLUX.1's transformer at its real width with fewer layers (``--model
+pixart-sigma --layers 2``).
 
 ``python -m elfatt_lab.diffusion.bench`` times one denoiser step and the self-attention layers inside it, with and
 without the patch, at the given latent sizes, and reports how far the patched output is from the original.
@@ -11,7 +12,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ __all__ = [
     "build_pixart",
     "build_sd3",
     "build_flux",
+    "DENOISERS",
     "main",
 ]
 
@@ -111,32 +114,65 @@ FLUX1_CONFIG = dict(
 FLUX_TEXT_TOKENS = 512
 
 
-def build_pixart(layers: int, seed: int = 0) -> nn.Module:
-    """PixArt-Sigma's PixArtTransformer2DModel with random weights and ``layers`` of its 28 layers."""
-    from diffusers import PixArtTransformer2DModel
+def _random_weights(class_name: str, config: dict, seed: int) -> nn.Module:
+    """diffusers' ``class_name`` built from ``config`` with weights drawn from ``seed``, in eval mode."""
+    import diffusers
 
     torch.manual_seed(seed)
-    return PixArtTransformer2DModel(**{**PIXART_SIGMA_CONFIG, "num_layers": layers}).eval()
+    return getattr(diffusers, class_name)(**config).eval()
+
+
+def build_pixart(layers: int, seed: int = 0) -> nn.Module:
+    """PixArt-Sigma's PixArtTransformer2DModel with random weights and ``layers`` of its 28 layers."""
+    return _random_weights("PixArtTransformer2DModel", {**PIXART_SIGMA_CONFIG, "num_layers": layers}, seed)
 
 
 def build_sd3(layers: int, seed: int = 0) -> nn.Module:
     """SD3 medium's SD3Transformer2DModel with random weights and ``layers`` of its 24 joint blocks."""
-    from diffusers import SD3Transformer2DModel
-
-    torch.manual_seed(seed)
-    return SD3Transformer2DModel(**{**SD3_MEDIUM_CONFIG, "num_layers": layers}).eval()
+    return _random_weights("SD3Transformer2DModel", {**SD3_MEDIUM_CONFIG, "num_layers": layers}, seed)
 
 
 def build_flux(layers: int, seed: int = 0) -> nn.Module:
     """FLUX.1's FluxTransformer2DModel with random weights, ``layers`` double-stream and ``layers`` single-stream
     blocks."""
-    from diffusers import FluxTransformer2DModel
-
-    torch.manual_seed(seed)
-    return FluxTransformer2DModel(**{**FLUX1_CONFIG, "num_layers": layers, "num_single_layers": layers}).eval()
+    config = {**FLUX1_CONFIG, "num_layers": layers, "num_single_layers": layers}
+    return _random_weights("FluxTransformer2DModel", config, seed)
 
 
-def _flux_inputs(batch: int, latent: tuple[int, int], generator: torch.Generator) -> tuple[tuple, dict]:
+def build_sd15_unet(seed: int = 0) -> nn.Module:
+    """SD 1.5's UNet2DConditionModel with random weights (860M parameters)."""
+    return _random_weights("UNet2DConditionModel", SD15_UNET_CONFIG, seed)
+
+
+Inputs = tuple[tuple, dict]
+
+
+def _sd15_inputs(batch: int, latent: tuple[int, int], generator: torch.Generator) -> Inputs:
+    sample = torch.randn(batch, 4, *latent, generator=generator)
+    return (sample, torch.tensor(500), torch.randn(batch, 77, 768, generator=generator)), {}
+
+
+def _pixart_inputs(batch: int, latent: tuple[int, int], generator: torch.Generator) -> Inputs:
+    sample = torch.randn(batch, 4, *latent, generator=generator)
+    options = dict(
+        encoder_hidden_states=torch.randn(batch, PIXART_TEXT_TOKENS, 4096, generator=generator),
+        timestep=torch.full((batch,), 500),
+        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+    )
+    return (sample,), options
+
+
+def _sd3_inputs(batch: int, latent: tuple[int, int], generator: torch.Generator) -> Inputs:
+    sample = torch.randn(batch, SD3_MEDIUM_CONFIG["in_channels"], *latent, generator=generator)
+    options = dict(
+        encoder_hidden_states=torch.randn(batch, SD3_TEXT_TOKENS, 4096, generator=generator),
+        pooled_projections=torch.randn(batch, 2048, generator=generator),
+        timestep=torch.full((batch,), 500),
+    )
+    return (sample,), options
+
+
+def _flux_inputs(batch: int, latent: tuple[int, int], generator: torch.Generator) -> Inputs:
     """FLUX's packed tokens (2x2 latent patches) and their ids, as its pipeline makes them."""
     rows, cols = latent[0] // 2, latent[1] // 2
     tokens = torch.randn(batch, rows * cols, 64, generator=generator)
@@ -152,12 +188,30 @@ def _flux_inputs(batch: int, latent: tuple[int, int], generator: torch.Generator
     return (tokens,), options
 
 
-def build_sd15_unet(seed: int = 0) -> nn.Module:
-    """SD 1.5's UNet2DConditionModel with random weights (860M parameters)."""
-    from diffusers import UNet2DConditionModel
+@dataclass(frozen=True)
+class Denoiser:
+    """A benchmarked denoiser: its name given ``--layers``, its builder (random weights, ``--layers`` of its
+    layers) and the inputs of one step (batch, latent size, generator)."""
 
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(**SD15_UNET_CONFIG).eval()
+    describe: Callable[[int], str]
+    build: Callable[[int], nn.Module]
+    inputs: Callable[[int, tuple[int, int], torch.Generator], Inputs]
+
+
+DENOISERS = {
+    "sd15": Denoiser(lambda layers: "SD 1.5 UNet", lambda layers: build_sd15_unet(), _sd15_inputs),
+    "pixart-sigma": Denoiser(
+        lambda layers: f"PixArt-Sigma transformer, {layers} of 28 layers", build_pixart, _pixart_inputs
+    ),
+    "sd3-medium": Denoiser(
+        lambda layers: f"SD3 medium transformer, {layers} of 24 joint blocks", build_sd3, _sd3_inputs
+    ),
+    "flux1": Denoiser(
+        lambda layers: f"FLUX.1 transformer, {layers} double- and {layers} single-stream blocks",
+        build_flux,
+        _flux_inputs,
+    ),
+}
 
 
 class SelfAttentionClock:
@@ -203,7 +257,7 @@ def _measure(unet: nn.Module, inputs: tuple, repeats: int, options: dict) -> tup
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the measurement; prints a table and writes ``diffusion.csv`` under ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m elfatt_lab.diffusion.bench", description=__doc__)
-    parser.add_argument("--model", choices=["sd15", "pixart-sigma", "sd3-medium", "flux1"], default="sd15")
+    parser.add_argument("--model", choices=list(DENOISERS), default="sd15")
     parser.add_argument(
         "--layers",
         type=int,
@@ -225,43 +279,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         parser.exit(2, f"{parser.prog}: error: latent sizes must look like 64x64, got {args.latents}\n")
 
-    pixart, sd3, flux = args.model == "pixart-sigma", args.model == "sd3-medium", args.model == "flux1"
-    builders = {"pixart-sigma": build_pixart, "sd3-medium": build_sd3, "flux1": build_flux}
-    unet = builders[args.model](args.layers) if args.model in builders else build_sd15_unet()
+    denoiser = DENOISERS[args.model]
+    unet = denoiser.build(args.layers)
     generator = torch.Generator().manual_seed(0)
     rows = []
-    name = {
-        "pixart-sigma": f"PixArt-Sigma transformer, {args.layers} of 28 layers",
-        "sd3-medium": f"SD3 medium transformer, {args.layers} of 24 joint blocks",
-        "flux1": f"FLUX.1 transformer, {args.layers} double- and {args.layers} single-stream blocks",
-    }.get(args.model, "SD 1.5 UNet")
     threads = torch.get_num_threads()
-    print(f"{name} (random weights), batch {args.batch}, fp32, {threads} threads, median of {args.repeats}")
+    print(
+        f"{denoiser.describe(args.layers)} (random weights), batch {args.batch}, fp32, {threads} threads, "
+        f"median of {args.repeats}"
+    )
     columns = ("latent", 9), ("variant", 18), ("step ms", 10), ("self-attn ms", 13), ("step x", 7), ("attn x", 7)
     print(" ".join(f"{name:>{width}}" for name, width in columns) + f" {'rel diff':>9}")
     for height, width in latents:
-        channels = SD3_MEDIUM_CONFIG["in_channels"] if sd3 else 4
-        sample = torch.randn(args.batch, channels, height, width, generator=generator)
-        if flux:
-            inputs, options = _flux_inputs(args.batch, (height, width), generator)
-        elif sd3:
-            inputs = (sample,)
-            options = dict(
-                encoder_hidden_states=torch.randn(args.batch, SD3_TEXT_TOKENS, 4096, generator=generator),
-                pooled_projections=torch.randn(args.batch, 2048, generator=generator),
-                timestep=torch.full((args.batch,), 500),
-            )
-        elif pixart:
-            context = torch.randn(args.batch, PIXART_TEXT_TOKENS, 4096, generator=generator)
-            inputs = (sample,)
-            options = dict(
-                encoder_hidden_states=context,
-                timestep=torch.full((args.batch,), 500),
-                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-            )
-        else:
-            inputs = (sample, torch.tensor(500), torch.randn(args.batch, 77, 768, generator=generator))
-            options = {}
+        inputs, options = denoiser.inputs(args.batch, (height, width), generator)
         remove_patch(unet)
         base_step, base_attention, base_out = _measure(unet, inputs, args.repeats, options)
         variants = [("original", base_step, base_attention, 0.0)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import math
 
+import torch
+
 from elfatt_lab.diffusion.bench import PIXART_SIGMA_CONFIG, build_pixart, main
 
 
@@ -27,3 +29,19 @@ def test_the_bench_writes_one_row_per_latent_and_variant(tmp_path, capsys):
     assert all(0.0 < float(row["relative_difference"]) < 1.0 for row in rows[1:])
     assert all(math.isfinite(float(row["step_ms"])) for row in rows)
     assert "PixArt-Sigma transformer, 1 of 28 layers" in capsys.readouterr().out
+
+
+def test_every_denoisers_inputs_fit_its_latent():
+    from elfatt_lab.diffusion.bench import DENOISERS
+
+    generator = torch.Generator().manual_seed(0)
+    (sample, *_), _ = DENOISERS["sd3-medium"].inputs(2, (8, 12), generator)
+    assert sample.shape == (2, 16, 8, 12)
+    (tokens,), options = DENOISERS["flux1"].inputs(1, (8, 12), generator)
+    # FLUX packs 2x2 latent patches: a 4x6 grid, its ids row-major
+    assert tokens.shape == (1, 24, 64) and options["img_ids"][-1].tolist() == [0.0, 3.0, 5.0]
+    assert options["encoder_hidden_states"].shape[1] == options["txt_ids"].shape[0]
+    assert {name: DENOISERS[name].describe(2) for name in ("sd15", "flux1")} == {
+        "sd15": "SD 1.5 UNet",
+        "flux1": "FLUX.1 transformer, 2 double- and 2 single-stream blocks",
+    }
