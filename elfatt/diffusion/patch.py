@@ -23,21 +23,13 @@ _JOINT_PROCESSORS = {"JointAttnProcessor2_0": JointELFATTProcessor, "FluxAttnPro
 
 
 def _unet(pipe_or_unet: object) -> nn.Module:
-    """The denoiser of a pipeline (its ``.unet`` or ``.transformer``) or the model itself, checked to be one the
-    patch computes."""
+    """The denoiser of a pipeline (its ``.unet`` or ``.transformer``) or the model itself, checked to have diffusers
+    attention layers."""
     unet = getattr(pipe_or_unet, "unet", None) or getattr(pipe_or_unet, "transformer", None) or pipe_or_unet
     if not (isinstance(unet, nn.Module) and _attention_layers(unet)):
         raise TypeError(
             "expected a diffusers pipeline with a .unet or .transformer, or a model with attention layers "
             f"(set_processor), got {type(pipe_or_unet)}"
-        )
-    uncovered = sorted(
-        {type(p).__name__ for p in _processors(unet).values() if type(p).__name__.startswith(_UNCOVERED_PROCESSORS)}
-    )
-    if uncovered:
-        raise TypeError(
-            f"{type(unet).__name__} attends text and image tokens jointly ({', '.join(uncovered)}), which "
-            "elfatt.diffusion does not compute yet; it patches UNets, PixArt, DiT, SD3 and FLUX"
         )
     return unet
 
@@ -154,8 +146,16 @@ def apply_patch(
     )
     _check_config(config)
     remove_patch(unet)
-    state = PatchState(config)
     originals = _processors(unet)
+    uncovered = sorted(
+        {type(p).__name__ for p in originals.values() if type(p).__name__.startswith(_UNCOVERED_PROCESSORS)}
+    )
+    if uncovered:
+        raise TypeError(
+            f"{type(unet).__name__} attends text and image tokens jointly ({', '.join(uncovered)}), which "
+            "elfatt.diffusion does not compute yet; it patches UNets, PixArt, DiT, SD3 and FLUX"
+        )
+    state = PatchState(config)
     hooks = LatentSizeHooks(state)
     handles = (
         unet.register_forward_pre_hook(hooks.before, with_kwargs=True),
