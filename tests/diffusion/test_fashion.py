@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -15,7 +16,12 @@ from unets import record_op_calls  # noqa: E402
 from elfatt.diffusion import apply_patch  # noqa: E402
 from elfatt_lab.diffusion.fashion.__main__ import main  # noqa: E402
 from elfatt_lab.diffusion.fashion.evaluate import EvaluationConfig, evaluate, load_diffusion_model  # noqa: E402
-from elfatt_lab.diffusion.fashion.model import ClassConditionalUNet, generate, to_model_range  # noqa: E402
+from elfatt_lab.diffusion.fashion.model import (  # noqa: E402
+    ClassConditionalDiT,
+    ClassConditionalUNet,
+    generate,
+    to_model_range,
+)
 from elfatt_lab.diffusion.fashion.quality import feature_statistics, frechet_distance  # noqa: E402
 from elfatt_lab.diffusion.fashion.train import (  # noqa: E402
     ClassifierTrainConfig,
@@ -32,8 +38,9 @@ def data(tmp_path_factory):
     return folder
 
 
-# A narrower UNet of the same layout, so that training steps take milliseconds.
+# Narrower models of the same layouts, so that training steps take milliseconds.
 NARROW = dict(block_out_channels=(16, 16, 16), norm_num_groups=8, attention_head_dim=2, cross_attention_dim=16)
+NARROW_DIT = dict(num_attention_heads=2, attention_head_dim=8, num_layers=2)
 
 
 @pytest.fixture
@@ -41,22 +48,57 @@ def narrow_unet(monkeypatch):
     import elfatt_lab.diffusion.fashion.model as model_module
 
     monkeypatch.setattr(model_module, "UNET_CONFIG", dict(model_module.UNET_CONFIG, **NARROW))
+    monkeypatch.setattr(model_module, "DIT_CONFIG", dict(model_module.DIT_CONFIG, **NARROW_DIT))
 
 
-def _weights(folder):
+def _weights(folder, generator="unet"):
     from safetensors.torch import load_file
 
-    return load_file(folder / "unet.safetensors")
+    return load_file(folder / f"{generator}.safetensors")
 
 
-def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(data, tmp_path, narrow_unet):
-    options = dict(batch_size=4, warmup_steps=2, checkpoint_every=2, data_dir=data, progress=False)
+def _same(first, second):
+    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+
+
+@pytest.mark.parametrize("generator", ["unet", "dit"])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one_of_either_generator(
+    data, tmp_path, narrow_unet, generator
+):
+    options = dict(generator=generator, batch_size=4, warmup_steps=2, checkpoint_every=2, data_dir=data, progress=False)
     train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "whole", **options))
     train_diffusion(DiffusionTrainConfig(steps=2, out=tmp_path / "parts", **options))
+    halfway = _weights(tmp_path / "parts", generator)
     log = train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "parts", resume=True, **options))
-    whole, parts = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
-    assert whole.keys() == parts.keys() and all(torch.equal(whole[key], parts[key]) for key in whole)
+    assert _same(_weights(tmp_path / "whole", generator), _weights(tmp_path / "parts", generator))
+    assert not _same(halfway, _weights(tmp_path / "parts", generator)), "the checkpoint's weights were not written"
     assert [row["step"] for row in log] == [2, 4]
+
+
+def test_a_run_can_start_from_a_trained_generator_of_its_kind(data, tmp_path, narrow_unet):
+    options = dict(batch_size=4, warmup_steps=2, checkpoint_every=2, data_dir=data, progress=False)
+    train_diffusion(DiffusionTrainConfig(steps=2, out=tmp_path / "first", **options))
+    first = tmp_path / "first" / "unet.safetensors"
+    train_diffusion(DiffusionTrainConfig(steps=2, out=tmp_path / "on", init_from=first, lr=1e-9, **options))
+    train_diffusion(DiffusionTrainConfig(steps=2, out=tmp_path / "afresh", lr=1e-9, seed=1, **options))
+    started, trained = _weights(tmp_path / "on"), _weights(tmp_path / "first")
+    # At a negligible learning rate the run's EMA stays where it began: the first run's weights.
+    assert all(torch.allclose(started[key], trained[key], atol=1e-6) for key in trained)
+    assert not all(torch.allclose(_weights(tmp_path / "afresh")[key], trained[key], atol=1e-6) for key in trained)
+    description = json.loads((tmp_path / "on" / "unet.json").read_text())
+    assert description["trained"]["initialized_from"] == dict(path=str(first), trained=json.loads(
+        first.with_suffix(".json").read_text())["trained"])  # fmt: skip
+    with pytest.raises(ValueError, match="--init-from .*: it holds a unet, not a dit"):
+        train_diffusion(DiffusionTrainConfig(steps=2, generator="dit", out=tmp_path / "x", init_from=first, **options))
+    with pytest.raises(ValueError, match="--init-from .*missing.safetensors: .*No such file"):
+        train_diffusion(DiffusionTrainConfig(steps=2, out=tmp_path / "y", init_from=tmp_path / "missing.safetensors",
+                                             **options))  # fmt: skip
+
+
+def test_the_resume_checks_refuse_in_one_line(data, tmp_path, narrow_unet):
+    options = dict(batch_size=4, warmup_steps=2, checkpoint_every=2, data_dir=data, progress=False)
+    train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "whole", **options))
+    train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "parts", **options))
     assert (tmp_path / "parts" / "diffusion_loss.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="has trained 4 steps already, --steps is 4: pass more"):
         train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "parts", resume=True, **options))
@@ -119,6 +161,21 @@ def test_the_default_patch_covers_the_three_self_attention_layers_at_1024_tokens
     assert seen == [torch.Size([2, 1024, 1, 16])] * 3
 
 
+def test_the_dit_is_patched_in_all_its_blocks_and_draws_no_labels_of_its_own(monkeypatch):
+    torch.manual_seed(0)
+    model = ClassConditionalDiT()
+    x, labels = torch.randn(2, 1, 32, 32), torch.tensor([3, 10])
+    with torch.no_grad():
+        # Training mode: the label embeddings' own dropout would replace labels at random (the run does it, seeded).
+        assert torch.equal(model.train()(x, 500, labels), model(x, torch.tensor([500, 500]), labels))
+    seen = record_op_calls(monkeypatch, "global")
+    apply_patch(model.eval(), ratio=0.0)
+    with torch.no_grad():
+        model(x, torch.tensor(10), labels)
+    # 16x16 tokens of 2x2 pixels in each of the 6 blocks, 4 heads split 2 global + 2 block.
+    assert seen == [torch.Size([2, 256, 2, 32])] * 6
+
+
 def test_frechet_distance_matches_scipy_and_the_closed_form():
     scipy_linalg = pytest.importorskip("scipy.linalg")
     generator = torch.Generator().manual_seed(0)
@@ -151,6 +208,7 @@ def test_evaluation_end_to_end_writes_the_table_and_the_grid(data, tmp_path, nar
     options = dict(data_dir=data, out=tmp_path, progress=False)
     train_diffusion(DiffusionTrainConfig(steps=2, batch_size=4, **options))
     judge = train_classifier(ClassifierTrainConfig(epochs=1, batch_size=16, **options))
+    options["judge_dir"] = tmp_path
     assert 0 <= judge["test_accuracy"] <= 1 and judge["test_images"] == 20
     settings = ["elfatt, merge 0.5", "tome (merge only) 0.5"]
     config = EvaluationConfig(
@@ -171,8 +229,26 @@ def test_evaluation_end_to_end_writes_the_table_and_the_grid(data, tmp_path, nar
     )
     assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
     assert torch.equal(
-        next(load_diffusion_model(tmp_path).parameters()), next(load_diffusion_model(tmp_path).parameters())
+        next(load_diffusion_model(tmp_path)[0].parameters()), next(load_diffusion_model(tmp_path)[0].parameters())
     )
+
+
+def test_the_dit_is_evaluated_with_the_seed_to_seed_spread_of_the_original(data, tmp_path, narrow_unet):
+    options = dict(data_dir=data, out=tmp_path, progress=False)
+    train_diffusion(DiffusionTrainConfig(generator="dit", steps=2, batch_size=4, **options))
+    train_classifier(ClassifierTrainConfig(epochs=1, batch_size=16, **options))
+    settings = ["original, other seeds", "elfatt, block 8"]
+    config = EvaluationConfig(
+        generator="dit", judge_dir=tmp_path, samples=4, steps=2, batch_size=2, timing_rounds=1, settings=settings,
+        **options,
+    )  # fmt: skip
+    rows = evaluate(config)
+    assert [row["setting"] for row in rows] == ["real training images (4)", "original", *settings]
+    other = rows[2]
+    assert "step_ms" not in other and "pixel_difference" not in other and other["frechet_distance"] > 0
+    assert rows[3]["step_speedup"] > 0 and rows[3]["pixel_difference"] > 0
+    summary = (tmp_path / "quality.md").read_text()
+    assert summary.startswith("Generator: dit ") and "| original, other seeds | " in summary
 
 
 def test_commands_refuse_what_they_cannot_do_in_one_line(data, tmp_path, capsys):

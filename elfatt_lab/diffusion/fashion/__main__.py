@@ -9,7 +9,9 @@ from pathlib import Path
 
 from elfatt_lab._arguments import finite_float, fraction, int_at_least, output_folder
 from elfatt_lab.diffusion.fashion.evaluate import SETTINGS, EvaluationConfig, evaluate
+from elfatt_lab.diffusion.fashion.model import GENERATORS
 from elfatt_lab.diffusion.fashion.train import (
+    JUDGE_DIR,
     ClassifierTrainConfig,
     DiffusionTrainConfig,
     train_classifier,
@@ -23,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m elfatt_lab.diffusion.fashion", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     defaults = DiffusionTrainConfig()
-    train = commands.add_parser("train", help="train the class-conditional diffusion model")
+    train = commands.add_parser("train", help="train a class-conditional diffusion model")
+    train.add_argument("--init-from", type=Path, help="start from this trained <generator>.safetensors")
     train.add_argument("--steps", type=positive, default=defaults.steps)
     train.add_argument("--batch-size", type=positive, default=defaults.batch_size)
     train.add_argument("--lr", type=finite_float(0.0, inclusive=False), default=defaults.lr)
@@ -42,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("evaluate", help="generate with every setting and score quality and speed")
     score_defaults = EvaluationConfig()
-    score.add_argument("--model-dir", type=Path, default=score_defaults.model_dir, help="unet.* and classifier.*")
+    score.add_argument("--model-dir", type=Path, help="<generator>.* (default: --out, else the generator's folder)")
+    score.add_argument("--judge-dir", type=Path, default=JUDGE_DIR, help="classifier.* (default: %(default)s)")
     score.add_argument("--samples", type=int_at_least(2), default=score_defaults.samples)
     score.add_argument("--steps", type=positive, default=score_defaults.steps, help="DDIM steps")
     score.add_argument("--guidance", type=finite_float(0.0), default=score_defaults.guidance)
@@ -56,8 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SETTING",
         help=f"default: all of {', '.join(repr(setting.name) for setting in SETTINGS)}; 'original' always runs first",
     )
+    for command in (train, score):
+        command.add_argument("--generator", choices=list(GENERATORS), default="unet")
+        command.add_argument("--out", type=output_folder, help="default: results/diffusion-fashion-mnist-<generator>")
+    judge.add_argument("--out", type=output_folder, default=JUDGE_DIR)
     for command in (train, judge, score):
-        command.add_argument("--out", type=output_folder, default=defaults.out)
         command.add_argument("--data-dir", type=Path, help="Fashion-MNIST's idx files (default: Debian's folder)")
         command.add_argument("--no-progress", action="store_true")
     return parser
@@ -70,15 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     options["progress"] = not args.no_progress and sys.stderr.isatty()
     try:
         if args.command == "train":
-            log = train_diffusion(DiffusionTrainConfig(**options))
-            print(f"trained to step {log[-1]['step']:.0f}, loss {log[-1]['loss']:.4f}; wrote {args.out}/unet.*")
+            config = DiffusionTrainConfig(**options)
+            log = train_diffusion(config)
+            last = log[-1]
+            written = config.out / f"{config.generator}.*"
+            print(f"trained to step {last['step']:.0f}, loss {last['loss']:.4f}; wrote {written}")
         elif args.command == "classifier":
             result = train_classifier(ClassifierTrainConfig(**options))
             print(f"classifier test accuracy {result['test_accuracy']:.4f}; wrote {args.out}/classifier.*")
         else:
-            rows = evaluate(EvaluationConfig(**options))
-            print((args.out / "quality.md").read_text())
-            print(f"{len(rows) - 1} settings; wrote {args.out}/quality.csv, quality.md, samples.png")
+            config = EvaluationConfig(**options)
+            rows = evaluate(config)
+            print((config.out / "quality.md").read_text())
+            print(f"{len(rows) - 1} settings; wrote {config.out}/quality.csv, quality.md, samples.png")
     except ValueError as error:
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
     except OSError as error:  # a full disk, a read-only --out: the file is named, what was saved stays whole

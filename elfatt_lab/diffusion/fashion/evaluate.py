@@ -1,11 +1,12 @@
-"""Image quality and speed of the training-free patch on the diffusion model trained here.
+"""Image quality and speed of the training-free patch on a diffusion model trained here (UNet or DiT).
 
 Every setting generates the same samples (sample ``i``: class ``i % 10``, noise seed ``i``, DDIM, classifier-free
 guidance) and is scored by the Frechet distance of the judge classifier's features to the 10,000 real test images,
-the samples' class accuracy under that classifier, and the mean absolute pixel difference to the original
-attention's samples. Speed: the wall time of the generation, the time inside the self-attention layers during it,
-and one guided denoising step timed with every setting in turn, round after round (medians), so that the ratios
-to the original come from one stretch of the machine's time.
+the samples' class accuracy under that classifier, and the mean absolute pixel difference to the original attention's
+samples. The original attention also generates from other seeds (``original, other seeds``): how much the scores move
+from one set of seeds to another, the scale a setting's change is judged on. Speed: the wall time of the generation,
+the time inside the self-attention layers during it, and one guided denoising step timed with every setting in turn,
+round after round (medians), so that the ratios to the original come from one stretch of the machine's time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from elfatt.diffusion.patch import apply_patch, remove_patch
 from elfatt_lab._atomic import atomic_save_figure, atomic_write_text
@@ -25,7 +26,7 @@ from elfatt_lab._csv import write_rows
 from elfatt_lab._progress import progress_bar
 from elfatt_lab.data.fashion_mnist import CLASSES, fashion_mnist_pixels
 from elfatt_lab.diffusion.bench import SelfAttentionClock
-from elfatt_lab.diffusion.fashion.model import ClassConditionalUNet, generate, load_model, to_model_range
+from elfatt_lab.diffusion.fashion.model import GENERATORS, build_generator, generate, load_model, to_model_range
 from elfatt_lab.diffusion.fashion.quality import (
     FashionClassifier,
     class_accuracy,
@@ -33,21 +34,24 @@ from elfatt_lab.diffusion.fashion.quality import (
     features,
     frechet_distance,
 )
-from elfatt_lab.diffusion.fashion.train import DEFAULT_OUT
+from elfatt_lab.diffusion.fashion.train import JUDGE_DIR, default_model_dir
 
 __all__ = ["SETTINGS", "EvaluationConfig", "Setting", "evaluate", "load_diffusion_model"]
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One way to run the UNet's self-attention: ``patch`` holds :func:`apply_patch`'s options, None the original."""
+    """One way to run the model's self-attention: ``patch`` holds :func:`apply_patch`'s options, None the original.
+    ``other_seeds``: generate from the seeds after the evaluation's own (n to 2n - 1) instead."""
 
     name: str
     patch: dict | None
+    other_seeds: bool = False
 
 
 SETTINGS = (
     Setting("original", None),
+    Setting("original, other seeds", None, other_seeds=True),
     Setting("elfatt", dict(ratio=0.0, block=16)),
     Setting("elfatt, merge 0.25", dict(ratio=0.25, block=16)),
     Setting("elfatt, merge 0.5", dict(ratio=0.5, block=16)),
@@ -61,8 +65,10 @@ SETTINGS = (
 class EvaluationConfig:
     """What the evaluation generates and where it reads and writes."""
 
-    model_dir: Path = DEFAULT_OUT
-    out: Path = DEFAULT_OUT
+    generator: str = "unet"
+    model_dir: Path | None = None
+    judge_dir: Path = JUDGE_DIR
+    out: Path | None = None
     samples: int = 500
     steps: int = 20
     guidance: float = 3.0
@@ -73,16 +79,21 @@ class EvaluationConfig:
     data_dir: Path | None = None
     progress: bool = True
 
-
-def load_diffusion_model(folder: Path) -> ClassConditionalUNet:
-    """The trained model of ``folder`` (``unet.safetensors``, ``unet.json``)."""
-    model, _ = load_model(
-        folder, "unet", lambda config: ClassConditionalUNet(config["unet_config"], config["num_classes"])
-    )
-    return model
+    def __post_init__(self) -> None:
+        if self.model_dir is None:
+            self.model_dir = self.out or default_model_dir(self.generator)
+        if self.out is None:
+            self.out = self.model_dir
 
 
-def _apply(model: ClassConditionalUNet, setting: Setting) -> None:
+def load_diffusion_model(folder: Path, generator: str = "unet") -> tuple[nn.Module, dict]:
+    """The trained ``generator`` of ``folder`` (``<generator>.safetensors`` and ``.json``) and its description."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; choose from {', '.join(GENERATORS)}")
+    return load_model(folder, generator, build_generator)
+
+
+def _apply(model: nn.Module, setting: Setting) -> None:
     remove_patch(model)
     if setting.patch is not None:
         apply_patch(model, **setting.patch)
@@ -102,9 +113,9 @@ def _check(config: EvaluationConfig) -> list[Setting]:
     return [known[name] for name in dict.fromkeys(["original", *config.settings])]
 
 
-def _timed_step(model: ClassConditionalUNet, inputs: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
+def _timed_step(model: nn.Module, inputs: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
     """One guided denoising step (the conditional and unconditional halves in one batch): ms, self-attention ms."""
-    clock = SelfAttentionClock(model.unet)
+    clock = SelfAttentionClock(model.denoiser)
     with torch.inference_mode():
         start = time.perf_counter()
         model(*inputs)
@@ -117,8 +128,8 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
     """Run every setting; write ``quality.csv``, ``quality.md`` and ``samples.png`` under ``config.out`` and
     return the rows (the first is real training images, the floor of the Frechet distance at this sample count)."""
     settings = _check(config)
-    model = load_diffusion_model(config.model_dir)
-    classifier, judge = load_model(config.model_dir, "classifier", lambda _: FashionClassifier())
+    model, description = load_diffusion_model(config.model_dir, config.generator)
+    classifier, judge = load_model(config.judge_dir, "classifier", lambda _: FashionClassifier())
     test_images, _ = fashion_mnist_pixels("test", config.data_dir)
     real = feature_statistics(features(classifier, to_model_range(test_images)))
     labels = torch.arange(config.samples) % 10
@@ -140,12 +151,12 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
         for setting in settings:
             _apply(model, setting)
             task = progress.add_task(setting.name, total=config.samples) if progress else None
-            clock = SelfAttentionClock(model.unet)
+            clock = SelfAttentionClock(model.denoiser)
             start = time.perf_counter()
             images = generate(
                 model,
                 labels.tolist(),
-                seeds,
+                [seed + config.samples for seed in seeds] if setting.other_seeds else seeds,
                 steps=config.steps,
                 guidance=config.guidance,
                 batch_size=config.batch_size,
@@ -153,42 +164,44 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
             )
             wall = time.perf_counter() - start
             clock.remove()
-            samples[setting.name] = images
-            original = samples["original"]
-            rows.append(
-                dict(
-                    setting=setting.name,
-                    options=_describe(setting),
-                    frechet_distance=frechet_distance(feature_statistics(features(classifier, images)), real),
-                    class_accuracy=class_accuracy(classifier, images, labels),
-                    pixel_difference=(images - original).abs().mean().item() / 2,
+            row = dict(
+                setting=setting.name,
+                options=_describe(setting),
+                frechet_distance=frechet_distance(feature_statistics(features(classifier, images)), real),
+                class_accuracy=class_accuracy(classifier, images, labels),
+            )
+            if not setting.other_seeds:
+                samples[setting.name] = images
+                row.update(
+                    pixel_difference=(images - samples["original"]).abs().mean().item() / 2,
                     seconds_per_sample=wall / config.samples,
                     self_attention_seconds_per_sample=clock.seconds / config.samples,
                 )
-            )
-    _time_steps(model, settings, rows[1:], config)
+            rows.append(row)
+    timed = [setting for setting in settings if not setting.other_seeds]
+    _time_steps(model, timed, [row for row in rows[1:] if "seconds_per_sample" in row], config)
     remove_patch(model)
     base = rows[1]
     for row in rows[1:]:
+        if "step_ms" not in row:
+            continue
         row["sample_speedup"] = base["seconds_per_sample"] / row["seconds_per_sample"]
         row["step_speedup"] = base["step_ms"] / row["step_ms"]
         row["self_attention_speedup"] = base["self_attention_ms"] / row["self_attention_ms"]
     config.out.mkdir(parents=True, exist_ok=True)
     write_rows(rows, config.out / "quality.csv")
-    _write_summary(rows, config, judge)
+    _write_summary(rows, config, judge, description)
     _save_grid(samples, labels, config.grid_columns, config.out / "samples.png")
     return rows
 
 
 def _describe(setting: Setting) -> str:
     if setting.patch is None:
-        return "diffusers' attention processors"
+        return "diffusers' attention processors" + (", noise seeds n to 2n - 1" if setting.other_seeds else "")
     return "apply_patch(" + ", ".join(f"{key}={value!r}" for key, value in setting.patch.items()) + ")"
 
 
-def _time_steps(
-    model: ClassConditionalUNet, settings: list[Setting], rows: list[dict], config: EvaluationConfig
-) -> None:
+def _time_steps(model: nn.Module, settings: list[Setting], rows: list[dict], config: EvaluationConfig) -> None:
     """Median guided-step and self-attention ms of every setting, measured in turn round after round."""
     generator = torch.Generator().manual_seed(0)
     batch = config.batch_size
@@ -209,9 +222,15 @@ def _time_steps(
         row["self_attention_ms"] = statistics.median(attention for _, attention in measured)
 
 
-def _write_summary(rows: list[dict], config: EvaluationConfig, judge: dict) -> None:
+def _write_summary(rows: list[dict], config: EvaluationConfig, judge: dict, description: dict) -> None:
     threads = torch.get_num_threads()
+    trained = description.get("trained", {})
     lines = [
+        f"Generator: {description.get('generator', 'unet')} {description.get('model_config', '')}, trained "
+        f"{trained.get('steps')} steps of batch {trained.get('batch_size')}"
+        + (f" after {trained['initialized_from']}" if trained.get("initialized_from") else "")
+        + ".",
+        "",
         f"{config.samples} samples (class i % 10, noise seed i), DDIM {config.steps} steps, guidance "
         f"{config.guidance:g}, batch {config.batch_size} (x2 for guidance), fp32, {threads} CPU threads. Frechet "
         f"distance in the features of the classifier trained here (test accuracy {100 * judge['test_accuracy']:.1f}%"

@@ -1,6 +1,7 @@
-"""The class-conditional diffusion model: Stable Diffusion's UNet (diffusers' ``UNet2DConditionModel``) on 32x32
-Fashion-MNIST pixels, conditioned through cross-attention on a learned class embedding, with a null class for
-classifier-free guidance; its schedulers, sampling loop and files."""
+"""The class-conditional diffusion models on 32x32 Fashion-MNIST pixels, each with a null class for classifier-free
+guidance: Stable Diffusion's UNet (diffusers' ``UNet2DConditionModel``, conditioned through cross-attention on a
+learned class embedding) and a DiT (diffusers' ``DiTTransformer2DModel``, patch 2, conditioned through adaLN-Zero);
+their schedulers, sampling loop and files."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from elfatt_lab._arguments import one_line
 from elfatt_lab._atomic import atomic_write_bytes
 
 __all__ = [
+    "DIT_CONFIG",
+    "GENERATORS",
     "IMAGE_SIDE",
     "NUM_CLASSES",
     "SCHEDULE",
     "UNET_CONFIG",
+    "ClassConditionalDiT",
     "ClassConditionalUNet",
+    "build_generator",
     "generate",
     "load_model",
     "save_model",
@@ -46,6 +51,17 @@ UNET_CONFIG = dict(
     attention_head_dim=2,
     norm_num_groups=16,
 )
+# DiT-S's layout at toy width: 16x16 = 256 tokens of 2x2 pixels, 4 heads of 32 channels (the patch splits 2 global +
+# 2 block heads), 6 blocks.
+DIT_CONFIG = dict(
+    sample_size=IMAGE_SIDE,
+    patch_size=2,
+    in_channels=1,
+    out_channels=1,
+    num_attention_heads=4,
+    attention_head_dim=32,
+    num_layers=6,
+)
 # The noise schedule shared by training (DDPM) and sampling (DDIM).
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
 
@@ -57,23 +73,79 @@ class ClassConditionalUNet(nn.Module):
     ``apply_patch(model)`` finds the UNet as ``model.unet``, as it does on a pipeline.
     """
 
-    def __init__(self, unet_config: dict | None = None, num_classes: int = NUM_CLASSES) -> None:
+    name = "unet"
+
+    def __init__(self, model_config: dict | None = None, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         from diffusers import UNet2DConditionModel
 
-        self.unet_config = dict(UNET_CONFIG, **(unet_config or {}))
+        self.model_config = dict(UNET_CONFIG, **(model_config or {}))
         self.num_classes = num_classes
-        self.unet = UNet2DConditionModel(**self.unet_config)
-        self.class_embedding = nn.Embedding(num_classes + 1, self.unet_config["cross_attention_dim"])
+        self.unet = UNet2DConditionModel(**self.model_config)
+        self.class_embedding = nn.Embedding(num_classes + 1, self.model_config["cross_attention_dim"])
 
     @property
     def null_class(self) -> int:
         return self.num_classes
 
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.unet
+
     def forward(self, sample: Tensor, timestep: Tensor | int, labels: Tensor) -> Tensor:
         """The predicted noise of ``sample`` ``[B, 1, H, W]`` at ``timestep`` given ``labels`` ``[B]``."""
         context = self.class_embedding(labels)[:, None]
         return self.unet(sample, timestep, encoder_hidden_states=context).sample
+
+
+class ClassConditionalDiT(nn.Module):
+    """``DiTTransformer2DModel`` predicting the noise (no learned variance); its label embeddings hold the null class
+    ``num_classes``. Their own random label dropout is turned off: training replaces labels itself, from its seeded
+    generator, so that a resumed run draws what an uninterrupted one does.
+
+    ``apply_patch(model)`` finds the transformer as ``model.transformer``, as it does on a pipeline.
+    """
+
+    name = "dit"
+
+    def __init__(self, model_config: dict | None = None, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        from diffusers import DiTTransformer2DModel
+        from diffusers.models.embeddings import LabelEmbedding
+
+        self.model_config = dict(DIT_CONFIG, **(model_config or {}))
+        self.num_classes = num_classes
+        self.transformer = DiTTransformer2DModel(**self.model_config, num_embeds_ada_norm=num_classes)
+        for module in self.transformer.modules():
+            if isinstance(module, LabelEmbedding):
+                module.dropout_prob = 0.0
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.transformer
+
+    def forward(self, sample: Tensor, timestep: Tensor | int, labels: Tensor) -> Tensor:
+        """The predicted noise of ``sample`` ``[B, 1, H, W]`` at ``timestep`` (one, or one per sample) given
+        ``labels`` ``[B]``."""
+        timestep = torch.as_tensor(timestep, device=sample.device).expand(len(sample))
+        return self.transformer(sample, timestep=timestep, class_labels=labels).sample
+
+
+GENERATORS: dict[str, type[nn.Module]] = {"unet": ClassConditionalUNet, "dit": ClassConditionalDiT}
+
+
+def build_generator(description: dict) -> nn.Module:
+    """The untrained generator a saved description names (``generator``, ``model_config``, ``num_classes``);
+    descriptions written before the DiT existed name a UNet by its ``unet_config``."""
+    name = description.get("generator", "unet")
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)}")
+    config = description.get("model_config", description.get("unet_config"))
+    return GENERATORS[name](config, description["num_classes"])
 
 
 def training_scheduler():
@@ -102,7 +174,7 @@ def to_model_range(images: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def generate(
-    model: ClassConditionalUNet,
+    model: ClassConditionalUNet | ClassConditionalDiT,
     labels: Sequence[int],
     seeds: Sequence[int],
     *,

@@ -1,16 +1,18 @@
-"""Training the two models of the evaluation: the class-conditional diffusion model (resumable, seeded per step so
-a resumed run equals an uninterrupted one) and the classifier whose features judge the samples."""
+"""Training the models of the evaluation: a class-conditional diffusion model, UNet or DiT (resumable, seeded per
+step so a resumed run equals an uninterrupted one) and the classifier whose features judge the samples."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from elfatt_lab._arguments import one_line
 from elfatt_lab._atomic import atomic_save, atomic_save_figure
@@ -21,26 +23,45 @@ from elfatt_lab._run_folder import owned_run_folder
 from elfatt_lab._safe_load import load_weights_only, plain_config
 from elfatt_lab.data.fashion_mnist import fashion_mnist_pixels
 from elfatt_lab.diffusion.fashion.model import (
+    GENERATORS,
     NUM_CLASSES,
     SCHEDULE,
-    ClassConditionalUNet,
     save_model,
     to_model_range,
     training_scheduler,
 )
 from elfatt_lab.diffusion.fashion.quality import FashionClassifier, class_accuracy
 
-__all__ = ["DiffusionTrainConfig", "ClassifierTrainConfig", "train_diffusion", "train_classifier", "DEFAULT_OUT"]
+if TYPE_CHECKING:
+    from diffusers.training_utils import EMAModel
 
-DEFAULT_OUT = Path("results/diffusion-fashion-mnist")
+__all__ = [
+    "ClassifierTrainConfig",
+    "DiffusionTrainConfig",
+    "JUDGE_DIR",
+    "default_model_dir",
+    "train_classifier",
+    "train_diffusion",
+]
+
+# Where the judge (the classifier) lives, and where the first UNet trained here stays, with its evaluation.
+JUDGE_DIR = Path("results/diffusion-fashion-mnist")
 # Options a resumed run may change; the others must be the checkpoint's.
 RESUMABLE = frozenset({"steps", "out", "resume", "overwrite", "progress", "data_dir", "checkpoint_every"})
 
 
+def default_model_dir(generator: str) -> Path:
+    """The folder a generator's training writes and its evaluation reads by default."""
+    return Path(f"results/diffusion-fashion-mnist-{generator}")
+
+
 @dataclass
 class DiffusionTrainConfig:
-    """Everything a diffusion training run depends on; saved in ``last.pt``."""
+    """Everything a diffusion training run depends on; saved in ``last.pt``. ``out`` defaults to
+    :func:`default_model_dir` of ``generator``; ``init_from`` starts from a trained generator's weights (a
+    ``.safetensors`` file of the same generator, its ``.json`` beside it) instead of random ones."""
 
+    generator: str = "unet"
     steps: int = 1500
     batch_size: int = 32
     lr: float = 5e-4
@@ -50,11 +71,16 @@ class DiffusionTrainConfig:
     null_probability: float = 0.1
     seed: int = 0
     checkpoint_every: int = 250
+    init_from: Path | None = None
     data_dir: Path | None = None
-    out: Path = DEFAULT_OUT
+    out: Path | None = None
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.out is None:
+            self.out = default_model_dir(self.generator)
 
 
 @dataclass
@@ -66,7 +92,7 @@ class ClassifierTrainConfig:
     lr: float = 2e-3
     seed: int = 0
     data_dir: Path | None = None
-    out: Path = DEFAULT_OUT
+    out: Path = JUDGE_DIR
     progress: bool = True
 
 
@@ -115,26 +141,51 @@ def _resume_state(config: DiffusionTrainConfig) -> dict | None:
 
 
 def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
-    """Train the class-conditional UNet (epsilon prediction, DDPM forward process, AdamW, an EMA of the weights);
-    write ``last.pt`` every ``checkpoint_every`` steps, and at the end ``unet.safetensors`` + ``unet.json`` (the EMA
-    weights, what evaluation loads), ``diffusion_log.csv`` and ``diffusion_loss.png`` under ``config.out``.
-    Returns the log rows (mean loss per 50 steps)."""
+    """Train a class-conditional generator (epsilon prediction, DDPM forward process, AdamW, an EMA of the
+    weights); every ``checkpoint_every`` steps and at the end, write ``last.pt`` and :func:`_publish`'s files under
+    ``config.out``. Returns the log rows (mean loss per 50 steps)."""
+    if config.generator not in GENERATORS:
+        raise ValueError(f"unknown generator {config.generator!r}; choose from {', '.join(GENERATORS)}")
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     state = _resume_state(config)
+    start = _initial_weights(config)  # checked on a resumed run too, which records where it began
     with owned_run_folder(
-        config.out, ("last.pt", "unet.safetensors"), resume=config.resume, overwrite=config.overwrite
+        config.out, ("last.pt", f"{config.generator}.safetensors"), resume=config.resume, overwrite=config.overwrite
     ):
-        return _train_diffusion(config, state)
+        return _train_diffusion(config, state, start)
 
 
-def _train_diffusion(config: DiffusionTrainConfig, state: dict | None) -> list[dict]:
+def _initial_weights(config: DiffusionTrainConfig) -> tuple[dict, dict] | None:
+    """The weights and description of ``config.init_from`` (safetensors, never pickle), checked to be a trained
+    model of ``config.generator``."""
+    if config.init_from is None:
+        return None
+    from safetensors.torch import load_file
+
+    weights, description = config.init_from, config.init_from.with_suffix(".json")
+    try:
+        saved = json.loads(description.read_text())
+        named = saved.get("generator", "unet")
+        if named != config.generator:
+            raise ValueError(f"it holds a {named}, not a {config.generator}")
+        return load_file(weights), saved
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--init-from {weights}: {one_line(error)}") from None
+
+
+def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, start: tuple[dict, dict] | None) -> list[dict]:
     from diffusers.training_utils import EMAModel
 
     images, labels = _training_images(config.data_dir)
     torch.manual_seed(config.seed)
-    model = ClassConditionalUNet()
+    model = GENERATORS[config.generator]()
+    if start is not None and state is None:
+        try:
+            model.load_state_dict(start[0])
+        except RuntimeError as error:
+            raise ValueError(f"--init-from {config.init_from} does not fit the model: {one_line(error)}") from None
     ema = EMAModel(model.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -201,25 +252,47 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None) -> list[d
                     config=plain_config(asdict(config)),
                 )
                 atomic_save(checkpoint, config.out / "last.pt")
-    ema.copy_to(model.parameters())
+                origin = None if start is None else dict(path=str(config.init_from), trained=start[1].get("trained"))
+                _publish(model, ema, config, log, done, checkpoint["seconds"], origin)
+    return log
+
+
+def _publish(
+    model: nn.Module,
+    ema: EMAModel,
+    config: DiffusionTrainConfig,
+    log: list[dict],
+    step: int,
+    seconds: float,
+    origin: dict | None,
+) -> None:
+    """Write the EMA weights so far as ``<generator>.safetensors`` + ``.json`` (what evaluation loads: a run can be
+    judged while it trains), ``diffusion_log.csv`` and ``diffusion_loss.png``."""
     trained = dict(
-        steps=config.steps,
+        steps=step,
+        of_steps=config.steps,
         batch_size=config.batch_size,
-        seconds=log[-1]["seconds"] if log else seconds,
+        seconds=seconds,
         threads=torch.get_num_threads(),
         final_loss=log[-1]["loss"] if log else None,
     )
+    if origin is not None:
+        trained["initialized_from"] = origin
     description = dict(
-        unet_config=model.unet_config,
+        generator=config.generator,
+        model_config=model.model_config,
         num_classes=NUM_CLASSES,
         schedule=SCHEDULE,
         trained=trained,
         options=plain_config(asdict(config)),
     )
-    save_model(model, config.out, "unet", description)
-    write_rows(log, config.out / "diffusion_log.csv")
-    _plot_loss(log, config.out / "diffusion_loss.png")
-    return log
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    save_model(model, config.out, config.generator, description)
+    ema.restore(model.parameters())
+    if log:  # empty before the first 50 steps
+        write_rows(log, config.out / "diffusion_log.csv")
+        _plot_loss(log, config.out / "diffusion_loss.png")
 
 
 def _plot_loss(log: list[dict], path: Path) -> None:
