@@ -49,8 +49,37 @@ def _processors(model: nn.Module) -> dict[str, object]:
 
 
 def _set_processors(model: nn.Module, processors: dict[str, object]) -> None:
+    """Set the processors ``processors`` names; the other layers keep theirs."""
     for name, layer in _attention_layers(model).items():
-        layer.set_processor(processors[name])
+        if name in processors:
+            layer.set_processor(processors[name])
+
+
+# A diffusion transformer's stacks of blocks, in the order a call runs them (FLUX: double-, then single-stream).
+_BLOCK_STACKS = ("transformer_blocks", "single_transformer_blocks")
+
+
+def _exact_layers(model: nn.Module, exact_blocks: tuple[int, int]) -> set[str]:
+    """The processor names inside the first ``exact_blocks[0]`` and last ``exact_blocks[1]`` transformer blocks."""
+    if exact_blocks == (0, 0):
+        return set()
+    stacks = [getattr(model, name, None) for name in _BLOCK_STACKS]
+    blocks = [
+        f"{name}.{index}."
+        for name, stack in zip(_BLOCK_STACKS, stacks, strict=True)
+        if isinstance(stack, nn.ModuleList)
+        for index in range(len(stack))
+    ]
+    if not blocks:
+        raise ValueError(
+            f"exact_blocks: {type(model).__name__} has no stack of transformer blocks (transformer_blocks); "
+            "a UNet's layers are chosen by level, with max_downsample"
+        )
+    first, last = exact_blocks
+    if first + last >= len(blocks):
+        raise ValueError(f"exact_blocks={exact_blocks} leaves none of the {len(blocks)} transformer blocks to patch")
+    exact = blocks[:first] + blocks[len(blocks) - last :]
+    return {name for name in _attention_layers(model) if name.startswith(tuple(exact))}
 
 
 def is_patched(pipe_or_unet: object) -> bool:
@@ -62,8 +91,10 @@ def is_patched(pipe_or_unet: object) -> bool:
 
 
 def _processors_are_ours(unet: nn.Module) -> bool:
+    """Whether every layer the patch set (the names of its saved originals) still runs the patch's processor."""
     ours = (ELFATTAttnProcessor, JointELFATTProcessor)
-    return all(isinstance(processor, ours) for processor in _processors(unet).values())
+    patched = getattr(unet, _PATCH_ATTRIBUTE)[0]
+    return all(isinstance(processor, ours) for name, processor in _processors(unet).items() if name in patched)
 
 
 def _wrapped(state: PatchState, original: object) -> ELFATTAttnProcessor | JointELFATTProcessor:
@@ -78,6 +109,9 @@ def _check_config(config: PatchConfig) -> None:
         raise ValueError(f"min_tokens must be >= 1 (or None), got {config.min_tokens}")
     if config.max_downsample < 1 or config.max_downsample & (config.max_downsample - 1):
         raise ValueError(f"max_downsample must be a power of two (1, 2, 4, 8), got {config.max_downsample}")
+    pair = config.exact_blocks
+    if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(n, int) and n >= 0 for n in pair)):
+        raise ValueError(f"exact_blocks must be a pair of counts >= 0 (first, last), got {config.exact_blocks!r}")
     if config.sx < 1 or config.sy < 1:
         raise ValueError(f"sx and sy must be >= 1, got sx={config.sx}, sy={config.sy}")
     if not 0.0 <= config.split <= 1.0:
@@ -95,6 +129,7 @@ def apply_patch(
     split: float = 0.5,
     max_downsample: int = 1,
     min_tokens: int | None = None,
+    exact_blocks: tuple[int, int] = (0, 0),
     cross_attention: bool = False,
     sx: int = 2,
     sy: int = 2,
@@ -122,6 +157,9 @@ def apply_patch(
             ToMe-SD's ``max_downsample``: 1 (the top level: SD's 64x64 at 512 pixels, 48x64 at 384x512), 2, 4 or 8.
             The choice follows the level, so it holds at every image size.
         min_tokens: also leave alone the layers with fewer tokens; None for no such bound.
+        exact_blocks: a diffusion transformer's first and last transformer blocks left to their original attention,
+            as a pair of counts ``(first, last)``; FLUX's double-stream blocks come first, its single-stream ones
+            last. (A UNet's layers are chosen by level, with ``max_downsample``.)
         cross_attention: also merge the queries of cross-attention layers (their text keys stay exact).
         sx, sy: token-merging cell; one destination token per cell.
         random_destinations: draw each cell's destination at random (seeded by ``seed``), as ToMe-SD does;
@@ -137,6 +175,7 @@ def apply_patch(
         split=split,
         max_downsample=max_downsample,
         min_tokens=min_tokens,
+        exact_blocks=tuple(exact_blocks) if isinstance(exact_blocks, list) else exact_blocks,
         cross_attention=cross_attention,
         sx=sx,
         sy=sy,
@@ -145,8 +184,9 @@ def apply_patch(
         attention=attention,
     )
     _check_config(config)
+    exact = _exact_layers(unet, config.exact_blocks)
     remove_patch(unet)
-    originals = _processors(unet)
+    originals = {name: processor for name, processor in _processors(unet).items() if name not in exact}
     uncovered = sorted(
         {type(p).__name__ for p in originals.values() if type(p).__name__.startswith(_UNCOVERED_PROCESSORS)}
     )

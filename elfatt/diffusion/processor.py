@@ -39,6 +39,7 @@ class PatchConfig:
     split: float = 0.5
     max_downsample: int = 1
     min_tokens: int | None = None
+    exact_blocks: tuple[int, int] = (0, 0)
     cross_attention: bool = False
     sx: int = 2
     sy: int = 2

@@ -313,3 +313,46 @@ def test_joint_processors_it_does_not_compute_are_refused_in_one_line():
     with pytest.raises(TypeError, match="jointly .*FluxIPAdapterAttnProcessor.* does not compute yet"):
         diffusion.apply_patch(model)
     assert not hasattr(model, "_elfatt_patch")
+
+
+def test_exact_blocks_leave_the_first_and_last_transformer_blocks_to_their_original_attention(monkeypatch):
+    import elfatt.diffusion.joint as joint
+
+    calls = []
+    real = joint._blocks_with_text
+    monkeypatch.setattr(joint, "_blocks_with_text", lambda *a: calls.append(a[4]) or real(*a))
+    model = _flux()
+    latent = _latent(1, 4, 6)
+    original_processors = dict(model.attn_processors)
+    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=2, exact_blocks=(1, 0))
+    _flux_call(model, latent)
+    assert calls == [(4, 6)], "the double-stream block kept its attention, the single-stream one ran ELFATT"
+    kept = model.attn_processors
+    assert kept["transformer_blocks.0.attn.processor"] is original_processors["transformer_blocks.0.attn.processor"]
+    assert diffusion.is_patched(model) and diffusion.patch_config(model).exact_blocks == (1, 0)
+    diffusion.remove_patch(model)
+    assert all(kept is original_processors[name] for name, kept in model.attn_processors.items())
+
+    pixart = _pixart(torch.float64)
+    latent = _latent(2, 8, 12, dtype=torch.float64)
+    original = _pixart_call(pixart, latent)
+    diffusion.apply_patch(pixart, ratio=0.0, split=0.5, block=2)
+    changed = _pixart_call(pixart, latent)
+    with pytest.raises(ValueError, match=r"exact_blocks=\(1, 1\) leaves none of the 2 transformer blocks"):
+        diffusion.apply_patch(pixart, exact_blocks=(1, 1))
+    diffusion.apply_patch(pixart, ratio=0.0, split=0.5, block=2, exact_blocks=(0, 1))
+    half = _pixart_call(pixart, latent)
+    assert not torch.allclose(half, original) and not torch.allclose(half, changed)
+
+
+@pytest.mark.parametrize("exact_blocks", [3, (1,), (1, -1), (0.5, 0)])
+def test_exact_blocks_must_be_a_pair_of_counts(exact_blocks):
+    with pytest.raises(ValueError, match="exact_blocks must be a pair of counts"):
+        diffusion.apply_patch(_pixart(), exact_blocks=exact_blocks)
+
+
+def test_a_unet_has_no_transformer_blocks_to_leave_exact():
+    from unets import TWO_LEVELS, build_unet
+
+    with pytest.raises(ValueError, match=r"no stack of transformer blocks .*max_downsample"):
+        diffusion.apply_patch(build_unet(TWO_LEVELS), exact_blocks=(1, 0))

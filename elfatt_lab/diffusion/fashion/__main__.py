@@ -56,9 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         "--settings",
         nargs="+",
         choices=[setting.name for setting in SETTINGS],
-        default=list(score_defaults.settings),
         metavar="SETTING",
-        help=f"default: all of {', '.join(repr(setting.name) for setting in SETTINGS)}; 'original' always runs first",
+        help=f"of {', '.join(repr(setting.name) for setting in SETTINGS)} (default: every one the generator runs); "
+        "'original' always runs first",
     )
     for command in (train, score):
         command.add_argument("--generator", choices=list(GENERATORS), default="unet")

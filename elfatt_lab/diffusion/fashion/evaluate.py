@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,11 +42,13 @@ __all__ = ["SETTINGS", "EvaluationConfig", "Setting", "evaluate", "load_diffusio
 @dataclass(frozen=True)
 class Setting:
     """One way to run the model's self-attention: ``patch`` holds :func:`apply_patch`'s options, None the original.
-    ``other_seeds``: generate from the seeds after the evaluation's own (n to 2n - 1) instead."""
+    ``other_seeds``: generate from the seeds after the evaluation's own (n to 2n - 1) instead. ``generators``: the
+    generators it is run on by default."""
 
     name: str
     patch: dict | None
     other_seeds: bool = False
+    generators: tuple[str, ...] = ("unet", "dit")
 
 
 SETTINGS = (
@@ -58,7 +60,12 @@ SETTINGS = (
     Setting("elfatt, block 8", dict(ratio=0.0, block=8)),
     Setting("tome (merge only) 0.25", dict(ratio=0.25, attention="merge-only")),
     Setting("tome (merge only) 0.5", dict(ratio=0.5, attention="merge-only")),
-)
+    # The DiT's 16x16 tokens in 4x4 blocks: 16 blocks, as PixArt's 64x64 tokens at 1024 px in the default 16x16.
+    Setting("elfatt, block 4", dict(ratio=0.0, block=4), generators=("dit",)),
+    Setting("elfatt, block 4, merge 0.5", dict(ratio=0.5, block=4), generators=("dit",)),
+    Setting("elfatt, block 4, first and last block exact", dict(ratio=0.0, block=4, exact_blocks=(1, 1)),
+            generators=("dit",)),
+)  # fmt: skip
 
 
 @dataclass
@@ -74,7 +81,7 @@ class EvaluationConfig:
     guidance: float = 3.0
     batch_size: int = 50
     timing_rounds: int = 5
-    settings: Sequence[str] = field(default_factory=lambda: [setting.name for setting in SETTINGS])
+    settings: Sequence[str] | None = None  # None: every setting of the generator
     grid_columns: int = 20
     data_dir: Path | None = None
     progress: bool = True
@@ -84,6 +91,8 @@ class EvaluationConfig:
             self.model_dir = self.out or default_model_dir(self.generator)
         if self.out is None:
             self.out = self.model_dir
+        if self.settings is None:
+            self.settings = [setting.name for setting in SETTINGS if self.generator in setting.generators]
 
 
 def load_diffusion_model(folder: Path, generator: str = "unet") -> tuple[nn.Module, dict]:
