@@ -3,7 +3,8 @@ or on PixArt-Sigma's, SD3 medium's or FLUX.1's transformer at its real width wit
 pixart-sigma --layers 2``).
 
 ``python -m elfatt_lab.diffusion.bench`` times one denoiser step and the self-attention layers inside it, with and
-without the patch, at the given latent sizes, and reports how far the patched output is from the original.
+without the patch (every variant in turn, round after round: medians and spread), at the given latent sizes, in
+float32 or bfloat16, and reports how far the patched output is from the original.
 With random weights the difference says how much the patch changes a layer stack of this size, not image quality.
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "build_sd3",
     "build_flux",
     "DENOISERS",
+    "interleaved_steps",
     "main",
 ]
 
@@ -238,20 +240,65 @@ class SelfAttentionClock:
             handle.remove()
 
 
-def _measure(unet: nn.Module, inputs: tuple, repeats: int, options: dict) -> tuple[float, float, torch.Tensor]:
-    """Median denoiser step and median self-attention time in ms, and the output of the last step."""
+def _timed_call(unet: nn.Module, inputs: tuple, options: dict) -> tuple[float, float, torch.Tensor]:
+    """One denoiser step: its ms, the ms inside its self-attention layers, and its output."""
     clock = SelfAttentionClock(unet)
-    steps, attention = [], []
     with torch.inference_mode():
+        start = time.perf_counter()
         out = unet(*inputs, **options).sample
-        for _ in range(repeats):
-            clock.seconds = 0.0
-            start = time.perf_counter()
-            out = unet(*inputs, **options).sample
-            steps.append((time.perf_counter() - start) * 1e3)
-            attention.append(clock.seconds * 1e3)
+        seconds = time.perf_counter() - start
     clock.remove()
-    return statistics.median(steps), statistics.median(attention), out
+    return seconds * 1e3, clock.seconds * 1e3, out
+
+
+def _spread(values: list[float]) -> float:
+    """(max - min) / median: how far apart a variant's rounds lie."""
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def interleaved_steps(
+    unet: nn.Module, inputs: tuple, options: dict, variants: dict[str, dict | None], rounds: int
+) -> dict[str, dict]:
+    """Time one step of every variant (``apply_patch`` options, None the original) in turn, round after round,
+    after one warm-up step each: per variant the median step and self-attention ms, the step's spread, and the
+    relative difference of its (warm-up) output to the original's."""
+    outputs, times = {}, {name: [] for name in variants}
+
+    def run(name: str) -> tuple[float, float, torch.Tensor]:
+        remove_patch(unet)
+        if variants[name] is not None:
+            apply_patch(unet, **variants[name])
+        return _timed_call(unet, inputs, options)
+
+    for name in variants:
+        outputs[name] = run(name)[2].float()
+    for _ in range(rounds):
+        for name in variants:
+            times[name].append(run(name)[:2])
+    remove_patch(unet)
+    base = outputs[next(iter(variants))]
+    result = {}
+    for name, measured in times.items():
+        steps = [step for step, _ in measured]
+        result[name] = dict(
+            step_ms=statistics.median(steps),
+            self_attention_ms=statistics.median(attention for _, attention in measured),
+            step_spread=_spread(steps),
+            relative_difference=((outputs[name] - base).norm() / base.norm()).item(),
+        )
+    return result
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _cast(value: object, dtype: torch.dtype) -> object:
+    """Floating tensors (nested in dicts) cast to ``dtype``; the rest as it is."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, dict):
+        return {key: _cast(item, dtype) for key, item in value.items()}
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -269,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--block", type=int, default=16)
     parser.add_argument("--max-downsample", type=int, default=1, help="patch the UNet levels downsampled at most this")
     parser.add_argument("--batch", type=int, default=2, help="2: classifier-free guidance's pair")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights and inputs")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every variant in turn")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args(argv)
     try:
@@ -278,44 +326,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError
     except ValueError:
         parser.exit(2, f"{parser.prog}: error: latent sizes must look like 64x64, got {args.latents}\n")
+    if args.repeats < 1:
+        parser.exit(2, f"{parser.prog}: error: --repeats must be >= 1, got {args.repeats}\n")
 
     denoiser = DENOISERS[args.model]
-    unet = denoiser.build(args.layers)
+    dtype = DTYPES[args.dtype]
+    unet = denoiser.build(args.layers).to(dtype)
     generator = torch.Generator().manual_seed(0)
+    variants: dict[str, dict | None] = {"original": None}
+    for ratio in args.ratios:
+        variants[f"elfatt ratio={ratio:g}"] = dict(ratio=ratio, block=args.block, max_downsample=args.max_downsample)
     rows = []
-    threads = torch.get_num_threads()
     print(
-        f"{denoiser.describe(args.layers)} (random weights), batch {args.batch}, fp32, {threads} threads, "
-        f"median of {args.repeats}"
+        f"{denoiser.describe(args.layers)} (random weights), batch {args.batch}, {args.dtype}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds"
     )
-    columns = ("latent", 9), ("variant", 18), ("step ms", 10), ("self-attn ms", 13), ("step x", 7), ("attn x", 7)
-    print(" ".join(f"{name:>{width}}" for name, width in columns) + f" {'rel diff':>9}")
+    columns = ("latent", 9), ("variant", 18), ("step ms", 10), ("spread", 7), ("self-attn ms", 13), ("step x", 7)
+    print(" ".join(f"{name:>{width}}" for name, width in columns) + f" {'attn x':>7} {'rel diff':>9}")
     for height, width in latents:
         inputs, options = denoiser.inputs(args.batch, (height, width), generator)
-        remove_patch(unet)
-        base_step, base_attention, base_out = _measure(unet, inputs, args.repeats, options)
-        variants = [("original", base_step, base_attention, 0.0)]
-        for ratio in args.ratios:
-            apply_patch(unet, ratio=ratio, block=args.block, max_downsample=args.max_downsample)
-            step, attention, out = _measure(unet, inputs, args.repeats, options)
-            difference = ((out - base_out).norm() / base_out.norm()).item()
-            variants.append((f"elfatt ratio={ratio:g}", step, attention, difference))
-        remove_patch(unet)
-        for name, step, attention, difference in variants:
+        inputs, options = tuple(_cast(x, dtype) for x in inputs), _cast(options, dtype)
+        measured = interleaved_steps(unet, inputs, options, variants, args.repeats)
+        base = measured["original"]
+        for name, result in measured.items():
             row = dict(
                 model=args.model,
+                dtype=args.dtype,
                 latent=f"{height}x{width}",
                 variant=name,
-                step_ms=step,
-                self_attention_ms=attention,
-                step_speedup=base_step / step,
-                attention_speedup=base_attention / attention,
-                relative_difference=difference,
+                **result,
+                step_speedup=base["step_ms"] / result["step_ms"],
+                attention_speedup=base["self_attention_ms"] / result["self_attention_ms"],
             )
             rows.append(row)
             print(
-                f"{row['latent']:>9} {name:>18} {step:>10.0f} {attention:>13.0f} {row['step_speedup']:>6.2f}x "
-                f"{row['attention_speedup']:>6.2f}x {difference:>9.3f}",
+                f"{row['latent']:>9} {name:>18} {row['step_ms']:>10.0f} {100 * row['step_spread']:>6.0f}% "
+                f"{row['self_attention_ms']:>13.0f} {row['step_speedup']:>6.2f}x {row['attention_speedup']:>6.2f}x "
+                f"{row['relative_difference']:>9.3f}",
                 flush=True,
             )
     write_rows(rows, args.out / "diffusion.csv")

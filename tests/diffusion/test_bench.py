@@ -45,3 +45,35 @@ def test_every_denoisers_inputs_fit_its_latent():
         "sd15": "SD 1.5 UNet",
         "flux1": "FLUX.1 transformer, 2 double- and 2 single-stream blocks",
     }
+
+
+def test_variants_are_timed_in_turn_round_after_round(monkeypatch):
+    import elfatt_lab.diffusion.bench as bench
+    from elfatt.diffusion.patch import patch_config
+
+    model = build_pixart(layers=1)
+    (sample,), options = bench.DENOISERS["pixart-sigma"].inputs(1, (8, 12), torch.Generator().manual_seed(0))
+    seen = []
+    real = bench._timed_call
+
+    def recording(unet, inputs, options):
+        config = patch_config(unet)
+        seen.append(None if config is None else config.ratio)
+        return real(unet, inputs, options)
+
+    monkeypatch.setattr(bench, "_timed_call", recording)
+    variants = {"original": None, "a": dict(ratio=0.5, block=2), "b": dict(ratio=0.0, block=2)}
+    result = bench.interleaved_steps(model, (sample,), options, variants, rounds=2)
+    # a warm-up step each, then two rounds of the three in turn
+    assert seen == [None, 0.5, 0.0] * 3
+    assert result["original"]["relative_difference"] == 0 and result["b"]["relative_difference"] > 0
+    assert all(row["step_spread"] >= 0 and row["step_ms"] > 0 for row in result.values())
+    assert patch_config(model) is None
+
+
+def test_the_bench_runs_in_bfloat16(tmp_path):
+    argv = ["--model", "pixart-sigma", "--layers", "1", "--latents", "8x8", "--ratios", "0", "--dtype", "bfloat16"]
+    assert main([*argv, "--repeats", "1", "--batch", "1", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "diffusion.csv").open()))
+    assert [row["dtype"] for row in rows] == ["bfloat16", "bfloat16"]
+    assert 0.0 < float(rows[1]["relative_difference"]) < 1.0
