@@ -179,6 +179,9 @@ def _blocks_with_text(
         )
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones(rows * cols, 1, prefix)], dim=2)
+    # Heads and blocks in one batch dimension: SDPA's fused CPU kernel takes 4-d inputs only (5-d ran its math path).
+    qb, kb, vb = (x.flatten(1, 2) for x in (qb, kb, vb))
+    mask = None if mask is None else mask.repeat(heads, 1, 1)
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
     out = out.view(batch, heads, rows, cols, bh, bw, -1).permute(0, 2, 4, 3, 5, 1, 6)
     out = out.reshape(batch, rows * bh, cols * bw, heads, -1)[:, :height, :width]
