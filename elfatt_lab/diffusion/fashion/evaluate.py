@@ -65,6 +65,7 @@ SETTINGS = (
     Setting("elfatt, block 4, merge 0.5", dict(ratio=0.5, block=4), generators=("dit",)),
     Setting("elfatt, block 4, first and last block exact", dict(ratio=0.0, block=4, exact_blocks=(1, 1)),
             generators=("dit",)),
+    Setting("elfatt, block 4, 1 global head of 4", dict(ratio=0.0, block=4, split=0.25), generators=("dit",)),
 )  # fmt: skip
 
 

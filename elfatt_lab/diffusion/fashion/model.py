@@ -66,7 +66,21 @@ DIT_CONFIG = dict(
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
 
 
-class ClassConditionalUNet(nn.Module):
+class _ClassConditional(nn.Module):
+    """What both generators hold: their config (``defaults`` updated by ``model_config``) and the class count, the
+    null class being ``num_classes``."""
+
+    def __init__(self, defaults: dict, model_config: dict | None, num_classes: int) -> None:
+        super().__init__()
+        self.model_config = dict(defaults, **(model_config or {}))
+        self.num_classes = num_classes
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+
+class ClassConditionalUNet(_ClassConditional):
     """``UNet2DConditionModel`` whose ``encoder_hidden_states`` is one token: the embedding of the class, or of the
     null class ``num_classes`` (classifier-free guidance's unconditional branch).
 
@@ -76,17 +90,11 @@ class ClassConditionalUNet(nn.Module):
     name = "unet"
 
     def __init__(self, model_config: dict | None = None, num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
+        super().__init__(UNET_CONFIG, model_config, num_classes)
         from diffusers import UNet2DConditionModel
 
-        self.model_config = dict(UNET_CONFIG, **(model_config or {}))
-        self.num_classes = num_classes
         self.unet = UNet2DConditionModel(**self.model_config)
         self.class_embedding = nn.Embedding(num_classes + 1, self.model_config["cross_attention_dim"])
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
 
     @property
     def denoiser(self) -> nn.Module:
@@ -98,7 +106,7 @@ class ClassConditionalUNet(nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states=context).sample
 
 
-class ClassConditionalDiT(nn.Module):
+class ClassConditionalDiT(_ClassConditional):
     """``DiTTransformer2DModel`` predicting the noise (no learned variance); its label embeddings hold the null class
     ``num_classes``. Their own random label dropout is turned off: training replaces labels itself, from its seeded
     generator, so that a resumed run draws what an uninterrupted one does.
@@ -109,20 +117,14 @@ class ClassConditionalDiT(nn.Module):
     name = "dit"
 
     def __init__(self, model_config: dict | None = None, num_classes: int = NUM_CLASSES) -> None:
-        super().__init__()
+        super().__init__(DIT_CONFIG, model_config, num_classes)
         from diffusers import DiTTransformer2DModel
         from diffusers.models.embeddings import LabelEmbedding
 
-        self.model_config = dict(DIT_CONFIG, **(model_config or {}))
-        self.num_classes = num_classes
         self.transformer = DiTTransformer2DModel(**self.model_config, num_embeds_ada_norm=num_classes)
         for module in self.transformer.modules():
             if isinstance(module, LabelEmbedding):
                 module.dropout_prob = 0.0
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
 
     @property
     def denoiser(self) -> nn.Module:
