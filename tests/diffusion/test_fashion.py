@@ -264,3 +264,20 @@ def test_commands_refuse_what_they_cannot_do_in_one_line(data, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(["train", "--steps", "0"])
     assert "--steps: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_first_unets_description_still_builds_its_model_without_class_embeddings(narrow_unet):
+    from elfatt_lab.diffusion.fashion.model import UNET_CONFIG, build_generator
+
+    first = {key: value for key, value in UNET_CONFIG.items() if key != "num_class_embeds"}
+    old = build_generator(dict(unet_config=first, num_classes=10))
+    assert old.unet.class_embedding is None
+    new = build_generator(dict(generator="unet", model_config=dict(UNET_CONFIG), num_classes=10))
+    assert new.unet.class_embedding.num_embeddings == 11
+    seen = []
+    new.unet.class_embedding.register_forward_hook(lambda module, args, out: seen.append(args[0].tolist()))
+    with torch.no_grad():  # the class enters through the time embedding as well
+        new(torch.randn(2, 1, 32, 32), 10, torch.tensor([1, 10]))
+    assert seen == [[1, 10]]
+    with pytest.raises(ValueError, match="unknown generator 'vae'"):
+        build_generator(dict(generator="vae", model_config={}, num_classes=10))
