@@ -4,6 +4,7 @@ themselves (PixArt, DiT) and SD3's joint text+image attention; FLUX refused in o
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -283,6 +284,19 @@ def test_a_patched_transformer_compiles_and_matches_eager(build, call):
     # AOT autograd's eager backend: Dynamo's capture of the patched processors, without Inductor's compile time
     compiled = call(torch.compile(model, backend="aot_eager"), latent)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(os.environ.get("ELFATT_SLOW_TESTS") != "1", reason="ELFATT_SLOW_TESTS=1: Inductor, ~1 minute")
+@pytest.mark.parametrize(
+    "build, call", [(_pixart, _pixart_call), (_sd3, _sd3_call), (_flux, _flux_call)], ids=["pixart", "sd3", "flux"]
+)
+def test_a_patched_transformer_compiles_with_inductor_and_matches_eager(build, call):
+    model = build()
+    latent = _latent(2, 8, 12) if build is not _flux else _latent(1, 8, 12)
+    diffusion.apply_patch(model, ratio=0.0, split=0.5, block=2)
+    eager = call(model, latent)
+    compiled = call(torch.compile(model), latent)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
 
 def test_sd3_global_heads_are_linear_attention_of_the_image_queries_over_text_and_image_keys():
