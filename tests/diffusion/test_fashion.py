@@ -281,3 +281,25 @@ def test_the_first_unets_description_still_builds_its_model_without_class_embedd
     assert seen == [[1, 10]]
     with pytest.raises(ValueError, match="unknown generator 'vae'"):
         build_generator(dict(generator="vae", model_config={}, num_classes=10))
+
+
+def test_a_run_judges_its_samples_while_it_trains_and_a_resume_keeps_the_curve(data, tmp_path, narrow_unet):
+    judge_dir = tmp_path / "judge"
+    train_classifier(ClassifierTrainConfig(epochs=1, batch_size=16, data_dir=data, out=judge_dir, progress=False))
+    options = dict(batch_size=4, warmup_steps=2, checkpoint_every=2, judge_every=2, judge_samples=3,
+                   judge_dir=judge_dir, data_dir=data, progress=False)  # fmt: skip
+    train_diffusion(DiffusionTrainConfig(steps=2, out=tmp_path / "run", **options))
+    train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "run", resume=True, **options))
+    train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "whole", **options))
+    with (tmp_path / "run" / "judge_log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == ["2", "4"] and all(0 <= float(row["class_accuracy"]) <= 1 for row in rows)
+    # Judging draws nothing from the training's random streams: the judged run ends where an unjudged one does.
+    assert _same(_weights(tmp_path / "run"), _weights(tmp_path / "whole"))
+    plain = dict(options, judge_every=0)
+    train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "unjudged", **plain))
+    assert _same(_weights(tmp_path / "unjudged"), _weights(tmp_path / "whole"))
+    description = json.loads((tmp_path / "run" / "unet.json").read_text())
+    assert description["trained"]["class_accuracy"] == float(rows[-1]["class_accuracy"])
+    with pytest.raises(ValueError, match="judge_every must be 0 or a multiple of checkpoint_every"):
+        train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "odd", **dict(options, judge_every=3)))

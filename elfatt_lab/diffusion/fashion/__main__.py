@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--null-probability", type=fraction, default=defaults.null_probability)
     train.add_argument("--seed", type=int_at_least(0), default=defaults.seed)
     train.add_argument("--checkpoint-every", type=positive, default=defaults.checkpoint_every)
+    train.add_argument(
+        "--judge-every", type=int_at_least(0), default=0,
+        help="every this many steps (a multiple of --checkpoint-every), the judge's class accuracy on samples",
+    )  # fmt: skip
+    train.add_argument("--judge-samples", type=int_at_least(1), default=defaults.judge_samples)
     train.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     train.add_argument("--overwrite", action="store_true", help="replace the diffusion model --out holds")
 
@@ -46,7 +51,6 @@ def _parser() -> argparse.ArgumentParser:
     score = commands.add_parser("evaluate", help="generate with every setting and score quality and speed")
     score_defaults = EvaluationConfig()
     score.add_argument("--model-dir", type=Path, help="<generator>.* (default: --out, else the generator's folder)")
-    score.add_argument("--judge-dir", type=Path, default=JUDGE_DIR, help="classifier.* (default: %(default)s)")
     score.add_argument("--samples", type=int_at_least(2), default=score_defaults.samples)
     score.add_argument("--steps", type=positive, default=score_defaults.steps, help="DDIM steps")
     score.add_argument("--guidance", type=finite_float(0.0), default=score_defaults.guidance)
@@ -62,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for command in (train, score):
         command.add_argument("--generator", choices=list(GENERATORS), default="unet")
+        command.add_argument("--judge-dir", type=Path, default=JUDGE_DIR, help="classifier.* (default: %(default)s)")
         command.add_argument("--out", type=output_folder, help="default: results/diffusion-fashion-mnist-<generator>")
     judge.add_argument("--out", type=output_folder, default=JUDGE_DIR)
     for command in (train, judge, score):

@@ -26,6 +26,8 @@ from elfatt_lab.diffusion.fashion.model import (
     GENERATORS,
     NUM_CLASSES,
     SCHEDULE,
+    generate,
+    load_model,
     save_model,
     to_model_range,
     training_scheduler,
@@ -47,7 +49,22 @@ __all__ = [
 # Where the judge (the classifier) lives, and where the first UNet trained here stays, with its evaluation.
 JUDGE_DIR = Path("results/diffusion-fashion-mnist")
 # Options a resumed run may change; the others must be the checkpoint's.
-RESUMABLE = frozenset({"steps", "out", "resume", "overwrite", "progress", "data_dir", "checkpoint_every"})
+RESUMABLE = frozenset(
+    {
+        "steps",
+        "out",
+        "resume",
+        "overwrite",
+        "progress",
+        "data_dir",
+        "checkpoint_every",
+        "judge_every",
+        "judge_dir",
+        "judge_samples",
+    }
+)
+# The judge's samples during training: classes i % 10 from noise seeds JUDGE_SEED + i, apart from evaluation's 0..n.
+JUDGE_SEED = 1_000_000
 
 
 def default_model_dir(generator: str) -> Path:
@@ -71,6 +88,11 @@ class DiffusionTrainConfig:
     null_probability: float = 0.1
     seed: int = 0
     checkpoint_every: int = 250
+    # Every this many steps (a multiple of checkpoint_every; 0: never), the judge names the classes of judge_samples
+    # samples of the EMA weights (DDIM 20 steps, guidance 3): judge_log.csv, and the curve beside the loss's.
+    judge_every: int = 0
+    judge_samples: int = 100
+    judge_dir: Path = JUDGE_DIR
     init_from: Path | None = None
     data_dir: Path | None = None
     out: Path | None = None
@@ -149,6 +171,11 @@ def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.judge_every < 0 or config.judge_every % config.checkpoint_every:
+        raise ValueError(
+            f"judge_every must be 0 or a multiple of checkpoint_every ({config.checkpoint_every}), got "
+            f"{config.judge_every}"
+        )
     state = _resume_state(config)
     start = _initial_weights(config)  # checked on a resumed run too, which records where it began
     with owned_run_folder(
@@ -193,7 +220,8 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, start: tu
     )
     noise_schedule = training_scheduler()
     log: list[dict] = []
-    start_step, seconds = 0, 0.0
+    start_step, seconds, judged = 0, 0.0, []
+    judge = load_model(config.judge_dir, "classifier", lambda _: FashionClassifier())[0] if config.judge_every else None
     if state is not None:
         try:
             model.load_state_dict(state["model"])
@@ -201,6 +229,7 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, start: tu
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start_step, log, seconds = state["step"], state["log"], state["seconds"]
+            judged = state.get("judged", [])
         except (RuntimeError, ValueError, KeyError, TypeError) as error:
             path = config.out / "last.pt"
             raise ValueError(
@@ -241,6 +270,8 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, start: tu
             if progress:
                 progress.advance(task)
             if done % config.checkpoint_every == 0 or done == config.steps:
+                if judge is not None and (done % config.judge_every == 0 or done == config.steps):
+                    judged.append(_judge(model, ema, judge, done, config.judge_samples))
                 checkpoint = dict(
                     model=model.state_dict(),
                     ema=ema.state_dict(),
@@ -248,13 +279,28 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, start: tu
                     scheduler=scheduler.state_dict(),
                     step=done,
                     log=log,
+                    judged=judged,
                     seconds=seconds + time.perf_counter() - began,
                     config=plain_config(asdict(config)),
                 )
                 atomic_save(checkpoint, config.out / "last.pt")
                 origin = None if start is None else dict(path=str(config.init_from), trained=start[1].get("trained"))
-                _publish(model, ema, config, log, done, checkpoint["seconds"], origin)
+                _publish(model, ema, config, log, judged, done, checkpoint["seconds"], origin)
     return log
+
+
+def _judge(model: nn.Module, ema: EMAModel, judge: FashionClassifier, step: int, samples: int) -> dict:
+    """The judge's class accuracy on samples of the EMA weights (and the seconds it took), the model left training."""
+    began = time.perf_counter()
+    labels = [i % NUM_CLASSES for i in range(samples)]
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    model.eval()
+    images = generate(model, labels, [JUDGE_SEED + i for i in range(samples)], steps=20, guidance=3.0)
+    model.train()
+    ema.restore(model.parameters())
+    accuracy = class_accuracy(judge, images, torch.tensor(labels))
+    return dict(step=step, class_accuracy=accuracy, samples=samples, seconds=time.perf_counter() - began)
 
 
 def _publish(
@@ -262,12 +308,13 @@ def _publish(
     ema: EMAModel,
     config: DiffusionTrainConfig,
     log: list[dict],
+    judged: list[dict],
     step: int,
     seconds: float,
     origin: dict | None,
 ) -> None:
     """Write the EMA weights so far as ``<generator>.safetensors`` + ``.json`` (what evaluation loads: a run can be
-    judged while it trains), ``diffusion_log.csv`` and ``diffusion_loss.png``."""
+    judged while it trains), ``diffusion_log.csv``, ``judge_log.csv`` and ``diffusion_loss.png``."""
     trained = dict(
         steps=step,
         of_steps=config.steps,
@@ -275,6 +322,7 @@ def _publish(
         seconds=seconds,
         threads=torch.get_num_threads(),
         final_loss=log[-1]["loss"] if log else None,
+        class_accuracy=judged[-1]["class_accuracy"] if judged else None,
     )
     if origin is not None:
         trained["initialized_from"] = origin
@@ -290,23 +338,34 @@ def _publish(
     ema.copy_to(model.parameters())
     save_model(model, config.out, config.generator, description)
     ema.restore(model.parameters())
+    if judged:
+        write_rows(judged, config.out / "judge_log.csv")
     if log:  # empty before the first 50 steps
         write_rows(log, config.out / "diffusion_log.csv")
-        _plot_loss(log, config.out / "diffusion_loss.png")
+        _plot_loss(log, judged, config.out / "diffusion_loss.png")
 
 
-def _plot_loss(log: list[dict], path: Path) -> None:
+def _plot_loss(log: list[dict], judged: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, panels = plt.subplots(1, 2 if judged else 1, figsize=(11 if judged else 6, 4), squeeze=False)
+    axes = panels[0][0]
     axes.plot([row["step"] for row in log], [row["loss"] for row in log], marker=".")
     axes.set_xlabel("step")
     axes.set_ylabel("noise-prediction MSE (mean of 50 steps)")
     axes.set_yscale("log")
     axes.grid(True, alpha=0.3)
+    if judged:
+        accuracy = panels[0][1]
+        accuracy.plot([row["step"] for row in judged], [100 * row["class_accuracy"] for row in judged], marker="o")
+        accuracy.axhline(70, color="grey", linestyle="--", linewidth=1)
+        accuracy.set_xlabel("step")
+        accuracy.set_ylabel(f"class accuracy of {judged[-1]['samples']} samples (%), EMA weights")
+        accuracy.set_ylim(0, 100)
+        accuracy.grid(True, alpha=0.3)
     figure.tight_layout()
     atomic_save_figure(figure, path, dpi=100)
     plt.close(figure)
