@@ -11,6 +11,7 @@ With random weights the difference says how much the patch changes a layer stack
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -313,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--latents", nargs="+", default=["64x64", "128x128"], help="latent sizes HxW")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.0], help="merge ratios of the patch")
-    parser.add_argument("--block", type=int, default=16)
+    parser.add_argument("--block", type=int, nargs="+", default=[16], help="block sides of the patch")
+    parser.add_argument("--split", type=float, nargs="+", default=[0.5], help="fractions of global heads")
     parser.add_argument("--max-downsample", type=int, default=1, help="patch the UNet levels downsampled at most this")
     parser.add_argument("--batch", type=int, default=2, help="2: classifier-free guidance's pair")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weights and inputs")
@@ -334,14 +336,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     unet = denoiser.build(args.layers).to(dtype)
     generator = torch.Generator().manual_seed(0)
     variants: dict[str, dict | None] = {"original": None}
-    for ratio in args.ratios:
-        variants[f"elfatt ratio={ratio:g}"] = dict(ratio=ratio, block=args.block, max_downsample=args.max_downsample)
+    for ratio, block, split in itertools.product(args.ratios, args.block, args.split):
+        name = f"elfatt ratio={ratio:g}"
+        name += f" block={block}" if len(args.block) > 1 else ""
+        name += f" split={split:g}" if len(args.split) > 1 else ""
+        variants[name] = dict(ratio=ratio, block=block, split=split, max_downsample=args.max_downsample)
     rows = []
     print(
         f"{denoiser.describe(args.layers)} (random weights), batch {args.batch}, {args.dtype}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds"
     )
-    columns = ("latent", 9), ("variant", 18), ("step ms", 10), ("spread", 7), ("self-attn ms", 13), ("step x", 7)
+    columns = ("latent", 9), ("variant", 34), ("step ms", 10), ("spread", 7), ("self-attn ms", 13), ("step x", 7)
     print(" ".join(f"{name:>{width}}" for name, width in columns) + f" {'attn x':>7} {'rel diff':>9}")
     for height, width in latents:
         inputs, options = denoiser.inputs(args.batch, (height, width), generator)
@@ -360,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             rows.append(row)
             print(
-                f"{row['latent']:>9} {name:>18} {row['step_ms']:>10.0f} {100 * row['step_spread']:>6.0f}% "
+                f"{row['latent']:>9} {name:>34} {row['step_ms']:>10.0f} {100 * row['step_spread']:>6.0f}% "
                 f"{row['self_attention_ms']:>13.0f} {row['step_speedup']:>6.2f}x {row['attention_speedup']:>6.2f}x "
                 f"{row['relative_difference']:>9.3f}",
                 flush=True,

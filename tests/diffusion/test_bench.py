@@ -77,3 +77,12 @@ def test_the_bench_runs_in_bfloat16(tmp_path):
     rows = list(csv.DictReader((tmp_path / "diffusion.csv").open()))
     assert [row["dtype"] for row in rows] == ["bfloat16", "bfloat16"]
     assert 0.0 < float(rows[1]["relative_difference"]) < 1.0
+
+
+def test_blocks_and_splits_make_a_grid_of_named_variants(tmp_path):
+    argv = ["--model", "pixart-sigma", "--layers", "1", "--latents", "8x8", "--ratios", "0", "--block", "2", "4"]
+    assert main([*argv, "--split", "0.25", "0.5", "--repeats", "1", "--batch", "1", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "diffusion.csv").open()))
+    assert [row["variant"] for row in rows] == ["original"] + [
+        f"elfatt ratio=0 block={block} split={split}" for block in (2, 4) for split in ("0.25", "0.5")
+    ]
