@@ -372,7 +372,7 @@ def _deit_params(channels: int, depth: int = 12, classes: int = 1000, patch: int
     return embed + depth * block + 2 * channels + channels * classes + classes
 
 
-@pytest.mark.parametrize("name, channels", zip(VARIANTS, (192, 384, 768), strict=True))
+@pytest.mark.parametrize("name, channels", list(zip(VARIANTS, (192, 384, 768), strict=True)))
 def test_parameters_of_the_variants(name, channels, meta_device):  # noqa: F811
     model = models.create_model(name)
     assert next(model.parameters()).device.type == "meta"
