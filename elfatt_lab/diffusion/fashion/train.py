@@ -3,9 +3,11 @@ step so a resumed run equals an uninterrupted one) and the classifier whose feat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -177,42 +179,60 @@ def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
             f"{config.judge_every}"
         )
     state = _resume_state(config)
-    start = _initial_weights(config)  # checked on a resumed run too, which records where it began
+    origin = _origin(config)  # checked on a resumed run too, which records where it began
     with owned_run_folder(
         config.out, ("last.pt", f"{config.generator}.safetensors"), resume=config.resume, overwrite=config.overwrite
     ):
-        return _train_diffusion(config, state, start)
+        return _train_diffusion(config, state, origin)
 
 
-def _initial_weights(config: DiffusionTrainConfig) -> tuple[dict, dict] | None:
-    """The weights and description of ``config.init_from`` (safetensors, never pickle), checked to be a trained
-    model of ``config.generator``."""
+def _origin(config: DiffusionTrainConfig) -> dict | None:
+    """Where a run with ``init_from`` began: the file and its description's ``trained``, checked to name a model of
+    ``config.generator`` with weights beside it."""
     if config.init_from is None:
         return None
-    from safetensors.torch import load_file
-
     weights, description = config.init_from, config.init_from.with_suffix(".json")
     try:
         saved = json.loads(description.read_text())
         named = saved.get("generator", "unet")
         if named != config.generator:
             raise ValueError(f"it holds a {named}, not a {config.generator}")
-        return load_file(weights), saved
+        if not weights.is_file():
+            raise OSError(f"No such file: {weights}")
     except (OSError, ValueError) as error:
         raise ValueError(f"--init-from {weights}: {one_line(error)}") from None
+    return dict(path=str(weights), trained=saved.get("trained"))
 
 
-def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, start: tuple[dict, dict] | None) -> list[dict]:
+def _load_initial_weights(model: nn.Module, path: Path) -> None:
+    """``path``'s weights (safetensors, never pickle) into ``model``; one line when they do not fit."""
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(path))
+    except (RuntimeError, OSError) as error:
+        raise ValueError(f"--init-from {path} does not fit the model: {one_line(error)}") from None
+
+
+@contextlib.contextmanager
+def _ema_weights(model: nn.Module, ema: EMAModel) -> Iterator[None]:
+    """The model holds the EMA weights inside the block and its training weights again after it."""
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield
+    finally:
+        ema.restore(model.parameters())
+
+
+def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, origin: dict | None) -> list[dict]:
     from diffusers.training_utils import EMAModel
 
     images, labels = _training_images(config.data_dir)
     torch.manual_seed(config.seed)
     model = GENERATORS[config.generator]()
-    if start is not None and state is None:
-        try:
-            model.load_state_dict(start[0])
-        except RuntimeError as error:
-            raise ValueError(f"--init-from {config.init_from} does not fit the model: {one_line(error)}") from None
+    if config.init_from is not None and state is None:
+        _load_initial_weights(model, config.init_from)
     ema = EMAModel(model.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -284,7 +304,6 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, start: tu
                     config=plain_config(asdict(config)),
                 )
                 atomic_save(checkpoint, config.out / "last.pt")
-                origin = None if start is None else dict(path=str(config.init_from), trained=start[1].get("trained"))
                 _publish(model, ema, config, log, judged, done, checkpoint["seconds"], origin)
     return log
 
@@ -293,12 +312,10 @@ def _judge(model: nn.Module, ema: EMAModel, judge: FashionClassifier, step: int,
     """The judge's class accuracy on samples of the EMA weights (and the seconds it took), the model left training."""
     began = time.perf_counter()
     labels = [i % NUM_CLASSES for i in range(samples)]
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    model.eval()
-    images = generate(model, labels, [JUDGE_SEED + i for i in range(samples)], steps=20, guidance=3.0)
-    model.train()
-    ema.restore(model.parameters())
+    with _ema_weights(model, ema):
+        model.eval()
+        images = generate(model, labels, [JUDGE_SEED + i for i in range(samples)], steps=20, guidance=3.0)
+        model.train()
     accuracy = class_accuracy(judge, images, torch.tensor(labels))
     return dict(step=step, class_accuracy=accuracy, samples=samples, seconds=time.perf_counter() - began)
 
@@ -334,10 +351,8 @@ def _publish(
         trained=trained,
         options=plain_config(asdict(config)),
     )
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    save_model(model, config.out, config.generator, description)
-    ema.restore(model.parameters())
+    with _ema_weights(model, ema):
+        save_model(model, config.out, config.generator, description)
     if judged:
         write_rows(judged, config.out / "judge_log.csv")
     if log:  # empty before the first 50 steps
