@@ -241,12 +241,12 @@ class SelfAttentionClock:
             handle.remove()
 
 
-def _timed_call(unet: nn.Module, inputs: tuple, options: dict) -> tuple[float, float, torch.Tensor]:
-    """One denoiser step: its ms, the ms inside its self-attention layers, and its output."""
-    clock = SelfAttentionClock(unet)
+def _timed_call(clocked: nn.Module, step: Callable[[], torch.Tensor]) -> tuple[float, float, torch.Tensor]:
+    """One denoiser step: its ms, the ms inside ``clocked``'s self-attention layers, and its output."""
+    clock = SelfAttentionClock(clocked)
     with torch.inference_mode():
         start = time.perf_counter()
-        out = unet(*inputs, **options).sample
+        out = step()
         seconds = time.perf_counter() - start
     clock.remove()
     return seconds * 1e3, clock.seconds * 1e3, out
@@ -258,25 +258,30 @@ def _spread(values: list[float]) -> float:
 
 
 def interleaved_steps(
-    unet: nn.Module, inputs: tuple, options: dict, variants: dict[str, dict | None], rounds: int
+    model: nn.Module,
+    clocked: nn.Module,
+    step: Callable[[], torch.Tensor],
+    variants: dict[str, dict | None],
+    rounds: int,
 ) -> dict[str, dict]:
-    """Time one step of every variant (``apply_patch`` options, None the original) in turn, round after round,
-    after one warm-up step each: per variant the median step and self-attention ms, the step's spread, and the
-    relative difference of its (warm-up) output to the original's."""
+    """Time ``step()`` (one denoiser step of ``model``) with every variant (``apply_patch`` options on ``model``,
+    None the original) in turn, round after round, after one warm-up step each, the patch switched outside the
+    timing: per variant the median step and median ms inside ``clocked``'s self-attention layers, the step's spread,
+    and the relative difference of its (warm-up) output to the first variant's."""
     outputs, times = {}, {name: [] for name in variants}
 
     def run(name: str) -> tuple[float, float, torch.Tensor]:
-        remove_patch(unet)
+        remove_patch(model)
         if variants[name] is not None:
-            apply_patch(unet, **variants[name])
-        return _timed_call(unet, inputs, options)
+            apply_patch(model, **variants[name])
+        return _timed_call(clocked, step)
 
     for name in variants:
         outputs[name] = run(name)[2].float()
     for _ in range(rounds):
         for name in variants:
             times[name].append(run(name)[:2])
-    remove_patch(unet)
+    remove_patch(model)
     base = outputs[next(iter(variants))]
     result = {}
     for name, measured in times.items():
@@ -351,7 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for height, width in latents:
         inputs, options = denoiser.inputs(args.batch, (height, width), generator)
         inputs, options = tuple(_cast(x, dtype) for x in inputs), _cast(options, dtype)
-        measured = interleaved_steps(unet, inputs, options, variants, args.repeats)
+        measured = interleaved_steps(
+            unet, unet, lambda inputs=inputs, options=options: unet(*inputs, **options).sample, variants, args.repeats
+        )
         base = measured["original"]
         for name, result in measured.items():
             row = dict(

@@ -56,14 +56,14 @@ def test_variants_are_timed_in_turn_round_after_round(monkeypatch):
     seen = []
     real = bench._timed_call
 
-    def recording(unet, inputs, options):
-        config = patch_config(unet)
+    def recording(clocked, step):
+        config = patch_config(model)
         seen.append(None if config is None else config.ratio)
-        return real(unet, inputs, options)
+        return real(clocked, step)
 
     monkeypatch.setattr(bench, "_timed_call", recording)
     variants = {"original": None, "a": dict(ratio=0.5, block=2), "b": dict(ratio=0.0, block=2)}
-    result = bench.interleaved_steps(model, (sample,), options, variants, rounds=2)
+    result = bench.interleaved_steps(model, model, lambda: model(sample, **options).sample, variants, rounds=2)
     # a warm-up step each, then two rounds of the three in turn
     assert seen == [None, 0.5, 0.0] * 3
     assert result["original"]["relative_difference"] == 0 and result["b"]["relative_difference"] > 0

@@ -11,7 +11,6 @@ round after round (medians), so that the ratios to the original come from one st
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from elfatt_lab._atomic import atomic_save_figure, atomic_write_text
 from elfatt_lab._csv import write_rows
 from elfatt_lab._progress import progress_bar
 from elfatt_lab.data.fashion_mnist import CLASSES, fashion_mnist_pixels
-from elfatt_lab.diffusion.bench import SelfAttentionClock
+from elfatt_lab.diffusion.bench import SelfAttentionClock, interleaved_steps
 from elfatt_lab.diffusion.fashion.model import GENERATORS, build_generator, generate, load_model, to_model_range
 from elfatt_lab.diffusion.fashion.quality import (
     FashionClassifier,
@@ -123,17 +122,6 @@ def _check(config: EvaluationConfig) -> list[Setting]:
     return [known[name] for name in dict.fromkeys(["original", *config.settings])]
 
 
-def _timed_step(model: nn.Module, inputs: tuple[Tensor, Tensor, Tensor]) -> tuple[float, float]:
-    """One guided denoising step (the conditional and unconditional halves in one batch): ms, self-attention ms."""
-    clock = SelfAttentionClock(model.denoiser)
-    with torch.inference_mode():
-        start = time.perf_counter()
-        model(*inputs)
-        seconds = time.perf_counter() - start
-    clock.remove()
-    return seconds * 1e3, clock.seconds * 1e3
-
-
 def evaluate(config: EvaluationConfig) -> list[dict]:
     """Run every setting; write ``quality.csv``, ``quality.md`` and ``samples.png`` under ``config.out`` and
     return the rows (the first is real training images, the floor of the Frechet distance at this sample count)."""
@@ -212,24 +200,18 @@ def _describe(setting: Setting) -> str:
 
 
 def _time_steps(model: nn.Module, settings: list[Setting], rows: list[dict], config: EvaluationConfig) -> None:
-    """Median guided-step and self-attention ms of every setting, measured in turn round after round."""
+    """Median guided-step and self-attention ms of every setting (one guided denoising step: the conditional and
+    unconditional halves in one batch), measured in turn round after round."""
     generator = torch.Generator().manual_seed(0)
     batch = config.batch_size
     sample = torch.randn(2 * batch, 1, 32, 32, generator=generator)
     classes = torch.arange(batch) % 10
     inputs = (sample, torch.tensor(500), torch.cat([classes, torch.full_like(classes, model.null_class)]))
-    times: dict[str, list[tuple[float, float]]] = {setting.name: [] for setting in settings}
-    for setting in settings:  # warm-up
-        _apply(model, setting)
-        _timed_step(model, inputs)
-    for _ in range(config.timing_rounds):
-        for setting in settings:
-            _apply(model, setting)
-            times[setting.name].append(_timed_step(model, inputs))
+    variants = {setting.name: setting.patch for setting in settings}
+    measured = interleaved_steps(model, model.denoiser, lambda: model(*inputs), variants, config.timing_rounds)
     for row in rows:
-        measured = times[row["setting"]]
-        row["step_ms"] = statistics.median(step for step, _ in measured)
-        row["self_attention_ms"] = statistics.median(attention for _, attention in measured)
+        row["step_ms"] = measured[row["setting"]]["step_ms"]
+        row["self_attention_ms"] = measured[row["setting"]]["self_attention_ms"]
 
 
 def _write_summary(rows: list[dict], config: EvaluationConfig, judge: dict, description: dict) -> None:
