@@ -25,7 +25,7 @@ from elfatt_lab._csv import write_rows
 from elfatt_lab._progress import progress_bar
 from elfatt_lab.data.fashion_mnist import CLASSES, fashion_mnist_pixels
 from elfatt_lab.diffusion.bench import SelfAttentionClock, interleaved_steps
-from elfatt_lab.diffusion.fashion.model import GENERATORS, build_generator, generate, load_model, to_model_range
+from elfatt_lab.diffusion.fashion.model import build_generator, generate, generator_class, load_model, to_model_range
 from elfatt_lab.diffusion.fashion.quality import (
     FashionClassifier,
     class_accuracy,
@@ -97,8 +97,7 @@ class EvaluationConfig:
 
 def load_diffusion_model(folder: Path, generator: str = "unet") -> tuple[nn.Module, dict]:
     """The trained ``generator`` of ``folder`` (``<generator>.safetensors`` and ``.json``) and its description."""
-    if generator not in GENERATORS:
-        raise ValueError(f"unknown generator {generator!r}; choose from {', '.join(GENERATORS)}")
+    generator_class(generator)
     return load_model(folder, generator, build_generator)
 
 

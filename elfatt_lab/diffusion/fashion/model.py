@@ -25,6 +25,7 @@ __all__ = [
     "ClassConditionalDiT",
     "ClassConditionalUNet",
     "build_generator",
+    "generator_class",
     "generate",
     "load_model",
     "save_model",
@@ -142,19 +143,26 @@ class ClassConditionalDiT(_ClassConditional):
         return self.transformer(sample, timestep=timestep, class_labels=labels).sample
 
 
-GENERATORS: dict[str, type[nn.Module]] = {"unet": ClassConditionalUNet, "dit": ClassConditionalDiT}
+GENERATORS: dict[str, type[_ClassConditional]] = {
+    kind.name: kind for kind in (ClassConditionalUNet, ClassConditionalDiT)
+}
+
+
+def generator_class(name: str) -> type[_ClassConditional]:
+    """The generator called ``name`` (``--generator``); ValueError naming the known ones otherwise."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; choose from {', '.join(GENERATORS)}")
+    return GENERATORS[name]
 
 
 def build_generator(description: dict) -> nn.Module:
     """The untrained generator a saved description names (``generator``, ``model_config``, ``num_classes``);
     descriptions written before the DiT existed name a UNet by its ``unet_config``."""
-    name = description.get("generator", "unet")
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generator {name!r}; known: {', '.join(GENERATORS)}")
+    kind = generator_class(description.get("generator", "unet"))
     config = description.get("model_config")
     if config is None:  # the first UNet's description: its config is complete, and has no class embeddings
         config = dict(description["unet_config"], num_class_embeds=None)
-    return GENERATORS[name](config, description["num_classes"])
+    return kind(config, description["num_classes"])
 
 
 def training_scheduler():

@@ -25,10 +25,10 @@ from elfatt_lab._run_folder import owned_run_folder
 from elfatt_lab._safe_load import load_weights_only, plain_config
 from elfatt_lab.data.fashion_mnist import fashion_mnist_pixels
 from elfatt_lab.diffusion.fashion.model import (
-    GENERATORS,
     NUM_CLASSES,
     SCHEDULE,
     generate,
+    generator_class,
     load_model,
     save_model,
     to_model_range,
@@ -168,8 +168,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
     """Train a class-conditional generator (epsilon prediction, DDPM forward process, AdamW, an EMA of the
     weights); every ``checkpoint_every`` steps and at the end, write ``last.pt`` and :func:`_publish`'s files under
     ``config.out``. Returns the log rows (mean loss per 50 steps)."""
-    if config.generator not in GENERATORS:
-        raise ValueError(f"unknown generator {config.generator!r}; choose from {', '.join(GENERATORS)}")
+    generator_class(config.generator)
     for name in ("steps", "batch_size", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
@@ -230,7 +229,7 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, origin: d
 
     images, labels = _training_images(config.data_dir)
     torch.manual_seed(config.seed)
-    model = GENERATORS[config.generator]()
+    model = generator_class(config.generator)()
     if config.init_from is not None and state is None:
         _load_initial_weights(model, config.init_from)
     ema = EMAModel(model.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
