@@ -1,6 +1,7 @@
 """elfatt: ELFATT, Efficient Linear Fast Attention for vision transformers (Wu et al., ACM MM 2025).
 
-- :func:`elfatt`: the op, on tokens-last ``[B, P + H * W, heads, d]`` queries, keys and values;
+- :func:`elfatt`: the op, on tokens-last ``[B, P + H * W, heads, d]`` queries, keys and values, and
+  :func:`elfatt_sequence` along sequences ``[B, L, heads, d]`` with key padding (the Long Range Arena's);
 - :class:`ELFATTAttention`: the layer, a drop-in for timm's ViT ``Attention`` that also takes the grid size;
 - ``block=``: how the softmax heads cut the grid, one parameter everywhere: a size (``8``, ``(8, 16)``,
   ``(2, None)`` for stripes) or a count (:class:`BlockCount`), typed :data:`BlockSpec`;
@@ -18,7 +19,7 @@ import importlib
 from typing import Any
 
 from elfatt.modules import ELFATTAttention
-from elfatt.ops import BlockCount, BlockSpec, elfatt
+from elfatt.ops import BlockCount, BlockSpec, elfatt, elfatt_sequence
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "ELFATTAttention",
     "apply_patch",
     "elfatt",
+    "elfatt_sequence",
     "export_onnx",
     "patch_timm_vit",
     "register_models",

@@ -2,6 +2,7 @@
 registered with ``torch.library``.
 
 - :mod:`~elfatt.ops.interface`: :func:`elfatt`, the public entry, which checks its inputs once;
+- :mod:`~elfatt.ops.sequence`: :func:`elfatt_sequence`, ELFATT along token sequences with key padding;
 - :mod:`~elfatt.ops.blocks` and :mod:`~elfatt.ops.plan`: block specs, and the cached plan of a grid's blocks;
 - :mod:`~elfatt.ops.kernels` and :mod:`~elfatt.ops.attend`: the eager kernels and their composition;
 - :mod:`~elfatt.ops.library`: the ``elfatt::attention`` op that ``torch.compile`` keeps opaque;
@@ -13,5 +14,6 @@ registered with ``torch.library``.
 from elfatt.ops.blocks import BlockCount, BlockSpec
 from elfatt.ops.checks import global_head_count
 from elfatt.ops.interface import elfatt
+from elfatt.ops.sequence import elfatt_sequence
 
-__all__ = ["BlockCount", "BlockSpec", "elfatt", "global_head_count"]
+__all__ = ["BlockCount", "BlockSpec", "elfatt", "elfatt_sequence", "global_head_count"]

@@ -5,7 +5,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_size", "check_inputs", "check_lepe", "global_head_count", "half_split", "pair"]
+__all__ = [
+    "check_block_length",
+    "check_dropout",
+    "check_global_heads",
+    "check_inputs",
+    "check_key_padding_mask",
+    "check_lepe",
+    "check_size",
+    "global_head_count",
+    "half_split",
+    "pair",
+]
 
 
 def check_size(size: object) -> tuple[int, int]:
@@ -72,6 +83,41 @@ def check_lepe(lepe: object, channels: int, part: str) -> tuple[Tensor, Tensor |
         shape = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
         raise ValueError(f"{part} bias must have shape ({channels},), got {shape}")
     return weight, bias
+
+
+def check_global_heads(num_global_heads: object, heads: int) -> int:
+    """How many of ``heads`` heads are global: ``num_global_heads`` after checking it is an int in ``[0, heads]``, or
+    half of them (rounded down) for None."""
+    num_global = heads // 2 if num_global_heads is None else num_global_heads
+    if isinstance(num_global, bool) or not isinstance(num_global, int) or not 0 <= num_global <= heads:
+        raise ValueError(f"num_global_heads must be an int in [0, {heads}], got {num_global_heads!r}")
+    return num_global
+
+
+def check_dropout(dropout_p: float) -> None:
+    """Raise ValueError unless ``0 <= dropout_p < 1``."""
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p}")
+
+
+def check_block_length(block: object, length: int) -> int:
+    """A sequence's block length: ``block`` after checking it is an int >= 1, clipped to the ``length`` tokens."""
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be an int >= 1 (tokens per block), got {block!r}")
+    return min(block, max(length, 1))
+
+
+def check_key_padding_mask(mask: object, q: Tensor) -> Tensor:
+    """Check a key-padding mask is a bool ``[B, L]`` tensor on ``q``'s device, ``q`` being ``[B, L, heads, d]``."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"key_padding_mask must be a bool tensor [B, L] or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must be a bool tensor (True at padded positions), got dtype {mask.dtype}")
+    if tuple(mask.shape) != tuple(q.shape[:2]):
+        raise ValueError(f"key_padding_mask must be [B, L] = {tuple(q.shape[:2])}, got {tuple(mask.shape)}")
+    if mask.device != q.device:
+        raise ValueError(f"key_padding_mask is on {mask.device}, q on {q.device}")
+    return mask
 
 
 def half_split(num_heads: int) -> float:

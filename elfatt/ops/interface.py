@@ -14,7 +14,7 @@ from torch import Tensor
 from elfatt.ops.attend import attend
 from elfatt.ops.backends import resolve_backend
 from elfatt.ops.blocks import BlockSpec, encode_block
-from elfatt.ops.checks import check_inputs, check_lepe
+from elfatt.ops.checks import check_dropout, check_global_heads, check_inputs, check_lepe
 from elfatt.ops.kernels import LePEWeights
 
 __all__ = ["elfatt"]
@@ -69,15 +69,12 @@ def elfatt(
     """
     height, width = check_inputs(q, k, v, size, num_prefix_tokens)
     heads, dim_v = v.shape[2], v.shape[3]
-    num_global = heads // 2 if num_global_heads is None else num_global_heads
-    if isinstance(num_global, bool) or not isinstance(num_global, int) or not 0 <= num_global <= heads:
-        raise ValueError(f"num_global_heads must be an int in [0, {heads}], got {num_global_heads!r}")
+    num_global = check_global_heads(num_global_heads, heads)
     encoded = encode_block(block)
     global_lepe = check_lepe(global_lepe, num_global * dim_v, "global_lepe")
     block_lepe = check_lepe(block_lepe, (heads - num_global) * dim_v, "block_lepe")
     backend = resolve_backend(backend, q) if num_global else "torch"
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p}")
+    check_dropout(dropout_p)
     args = (q, k, v, (height, width), encoded, num_global, global_lepe, block_lepe, num_prefix_tokens, scale)
     if torch.compiler.is_exporting():
         from elfatt.ops.export_form import attend_traced

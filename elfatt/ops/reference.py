@@ -20,6 +20,7 @@ __all__ = [
     "elfatt",
     "elfatt_tokens_last",
     "elfatt_attention_module",
+    "elfatt_sequence",
 ]
 
 
@@ -158,6 +159,58 @@ def elfatt(
             out = torch.cat([softmax_attention(q_tilde[:, :, :prefix], k_tilde, v_tilde, scale), out], dim=2)
         parts.append(out)
     return torch.cat(parts, dim=1)
+
+
+def elfatt_sequence(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    block: int,
+    global_heads: int,
+    global_lepe: tuple[Tensor, Tensor | None] | None = None,
+    block_lepe: tuple[Tensor, Tensor | None] | None = None,
+    key_padding_mask: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """ELFATT over sequences ``[B, heads, L, d]`` of which the positions where ``key_padding_mask`` ``[B, L]`` is
+    True are padding: each sequence's real tokens alone attend, in the global heads over all of them, in the block
+    heads over those of their block of ``block`` positions; LePE along the ``1 x L`` grid sees padding as zeros;
+    padded positions' outputs are zero."""
+    batch, heads, length, _ = q.shape
+    dim_v = v.shape[-1]
+    pad = torch.zeros(batch, length, dtype=torch.bool) if key_padding_mask is None else key_padding_mask.cpu()
+    v = v.double() * (~pad).to(q.device)[:, None, :, None]
+    out = torch.zeros(batch, heads, length, dim_v, dtype=torch.float64, device=q.device)
+    blocks = [list(range(start, min(start + block, length))) for start in range(0, length, block)]
+    for b in range(batch):
+        real = [i for i in range(length) if not pad[b, i]]
+        if not real:
+            continue
+        rows = []
+        for h in range(heads):
+            one = (x[b : b + 1, h : h + 1] for x in (q, k, v))
+            row = torch.zeros(length, dim_v, dtype=torch.float64, device=q.device)
+            if h < global_heads:
+                q_h, k_h, v_h = (x[:, :, real] for x in one)
+                row[real] = global_linear_attention(q_h, k_h, v_h)[0, 0]
+                lepe_weights, lepe_block = global_lepe, None
+            else:
+                q_h, k_h, v_h = one
+                for positions in blocks:
+                    kept = [i for i in positions if not pad[b, i]]
+                    if kept:
+                        row[kept] = softmax_attention(q_h[:, :, kept], k_h[:, :, kept], v_h[:, :, kept], scale)[0, 0]
+                lepe_weights, lepe_block = block_lepe, (1, block)
+            if lepe_weights is not None:
+                first = (h if h < global_heads else h - global_heads) * dim_v
+                weight, bias = lepe_weights
+                part = slice(first, first + dim_v)
+                bias = None if bias is None else bias[part]
+                local = lepe(v[b : b + 1, h : h + 1], (1, length), weight[part], bias, lepe_block)
+                row = row + local[0, 0]
+            rows.append(row)
+        out[b] = torch.stack(rows) * (~pad[b]).to(q.device)[None, :, None]
+    return out
 
 
 def elfatt_tokens_last(q: Tensor, k: Tensor, v: Tensor, *args, **kwargs) -> Tensor:
