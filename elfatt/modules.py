@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from elfatt._deprecated import count_block, deprecated_block
-from elfatt.ops import BlockCount, BlockSpec, elfatt, global_head_count
+from elfatt.ops import BlockCount, BlockSpec, elfatt, elfatt_sequence, global_head_count
 from elfatt.ops.backends import BACKENDS
 from elfatt.ops.blocks import normalize_block, resolve_block
 from elfatt.ops.checks import check_size
@@ -161,29 +161,45 @@ class ELFATTAttention(nn.Module):
         """The concrete ``(bh, bw)`` block this layer uses on the grid ``size``."""
         return resolve_block(size, self._block)
 
-    def forward(self, x: Tensor, size: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
+    def forward(
+        self, x: Tensor, size: tuple[int, int], num_prefix_tokens: int = 0, key_padding_mask: Tensor | None = None
+    ) -> Tensor:
         """Attend ``x`` ``[B, P + H * W, C]``: ``P = num_prefix_tokens`` tokens, then the grid ``size=(H, W)``
-        row-major; returns the same shape."""
+        row-major; returns the same shape.
+
+        ``key_padding_mask`` (``[B, N]`` bool, True at padded positions) is for sequences, a ``(1, N)`` grid with no
+        prefix: padded tokens take no part in either part and their outputs are zero (see
+        :func:`~elfatt.ops.elfatt_sequence`); the blocks are ``block_size(size)``'s width long.
+        """
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must be [B, N, C={self.dim}], got shape {shape}")
         batch, tokens, _ = x.shape
         # [B, N, heads, d] views of the qkv output: the heads are never permuted to the front
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).unbind(2)
-        out = elfatt(
-            self.q_norm(q),
-            self.k_norm(k),
-            v,
-            size,
-            block=self._block,
+        options = dict(
             num_global_heads=self.num_global_heads,
             global_lepe=None if self.global_lepe is None else self.global_lepe.parameters_pair(),
             block_lepe=None if self.block_lepe is None else self.block_lepe.parameters_pair(),
-            num_prefix_tokens=num_prefix_tokens,
             dropout_p=self.attn_drop if self.training else 0.0,
             fused=self.fused_attn,
             backend=self.backend,
         )
+        if key_padding_mask is None:
+            out = elfatt(
+                self.q_norm(q), self.k_norm(k), v, size, block=self._block, num_prefix_tokens=num_prefix_tokens,
+                **options,
+            )  # fmt: skip
+        else:
+            if tuple(size) != (1, tokens) or num_prefix_tokens:
+                raise ValueError(
+                    f"key_padding_mask is for sequences: size (1, {tokens}) and no prefix tokens, got size {size} "
+                    f"and {num_prefix_tokens} prefix tokens"
+                )
+            block = self.block_size((1, tokens))[1]
+            out = elfatt_sequence(
+                self.q_norm(q), self.k_norm(k), v, block=block, key_padding_mask=key_padding_mask, **options
+            )
         return self.proj_drop(self.proj(out.reshape(batch, tokens, self.dim)))
 
     def extra_repr(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from elfatt.modules import LePE
-from elfatt_lab.attention._checks import check_heads, check_tokens
+from elfatt_lab.attention._checks import check_heads, check_tokens, padding_keep
 
 __all__ = ["QKVAttention"]
 
@@ -53,15 +53,23 @@ class QKVAttention(nn.Module):
         q, k, v = (self.split_heads(t) for t in self.project_qkv(x))
         return q, k, v
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """The mechanism on q, k, v ``[B, heads, N, d]``, returning ``[B, heads, N, d]``; used by :meth:`forward`."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """The mechanism on q, k, v ``[B, heads, N, d]``, returning ``[B, heads, N, d]``; used by :meth:`forward`.
+        ``key_padding_mask`` (``[B, N]``, True at padded keys; ``v`` is zero there) leaves padded keys out."""
         raise NotImplementedError(f"{type(self).__name__} must implement attend() or override forward()")
 
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        """Attend over all tokens of ``x`` ``[B, N, C]`` on the grid ``size=(H, W)``; returns ``[B, N, C]``."""
+    def forward(self, x: Tensor, size: tuple[int, int], key_padding_mask: Tensor | None = None) -> Tensor:
+        """Attend over all tokens of ``x`` ``[B, N, C]`` on the grid ``size=(H, W)``; returns ``[B, N, C]``.
+
+        ``key_padding_mask`` ``[B, N]`` (bool, True at padded positions): padded tokens are left out as keys, as
+        values (zero for LePE too) and their outputs are zero, as :func:`elfatt.ops.elfatt_sequence` does.
+        """
         check_tokens(x, size, self.dim)
         q, k, v = self.split_qkv(x)
-        out = self.merge_heads(self.attend(q, k, v))
+        keep = None if key_padding_mask is None else padding_keep(key_padding_mask, x)
+        if keep is not None:
+            v = v * keep[:, None, :, None]
+        out = self.merge_heads(self.attend(q, k, v, key_padding_mask))
         if self.lepe is not None:
             out = out + self.lepe(self.merge_heads(v), size)
-        return self.proj(out)
+        return self.proj(out if keep is None else out * keep[..., None])

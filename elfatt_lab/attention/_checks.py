@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from elfatt.ops.checks import check_size
+from elfatt.ops.checks import check_key_padding_mask, check_size
 
-__all__ = ["check_heads", "check_tokens", "window_partition", "window_reverse"]
+__all__ = ["check_heads", "check_tokens", "padding_keep", "window_partition", "window_reverse"]
 
 
 def check_heads(dim: int, num_heads: int) -> int:
@@ -56,3 +56,9 @@ def window_reverse(windows: Tensor, window: tuple[int, int], size: tuple[int, in
     channels = windows.shape[-1]
     x = windows.reshape(-1, height // wh, width // ww, wh, ww, channels)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def padding_keep(key_padding_mask: Tensor, x: Tensor) -> Tensor:
+    """``1`` at the real tokens of ``x`` ``[B, N, C]`` and ``0`` at the padded ones, in ``x``'s dtype, after checking
+    ``key_padding_mask`` is a bool ``[B, N]`` tensor (True at padded positions)."""
+    return (~check_key_padding_mask(key_padding_mask, x)).to(x.dtype)

@@ -28,7 +28,9 @@ class MechanismBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        """Tokens ``x`` ``[B, N, C]`` on the grid ``size=(H, W)``."""
-        x = x + self.attn(self.norm1(x), size)
+    def forward(self, x: Tensor, size: tuple[int, int], key_padding_mask: Tensor | None = None) -> Tensor:
+        """Tokens ``x`` ``[B, N, C]`` on the grid ``size=(H, W)``; ``key_padding_mask`` ``[B, N]`` (True at padded
+        tokens) for a mechanism that takes one."""
+        padding = {} if key_padding_mask is None else {"key_padding_mask": key_padding_mask}
+        x = x + self.attn(self.norm1(x), size, **padding)
         return x + self.mlp(self.norm2(x))

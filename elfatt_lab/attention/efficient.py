@@ -10,6 +10,7 @@ connection of the paper's module is left to the surrounding block, like every ot
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from elfatt_lab.attention._base import QKVAttention
@@ -23,7 +24,9 @@ class EfficientAttention(QKVAttention):
     Built as ``EfficientAttention(dim, num_heads=8, *, qkv_bias=False)``, see :class:`QKVAttention`.
     """
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """The two softmaxes and the ``d x d`` context on ``[B, heads, N, d]``."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """The two softmaxes and the ``d x d`` context on ``[B, heads, N, d]``; padded keys get no weight."""
+        if key_padding_mask is not None:
+            k = k.masked_fill(key_padding_mask[:, None, :, None], torch.finfo(k.dtype).min)
         context = k.softmax(dim=-2).transpose(-2, -1) @ v  # [B, heads, d, d]
         return q.softmax(dim=-1) @ context

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from elfatt_lab.attention._base import QKVAttention
-from elfatt_lab.attention._checks import check_tokens
+from elfatt_lab.attention._checks import check_tokens, padding_keep
 
 __all__ = ["FocusedLinearAttention", "focused_map"]
 
@@ -61,19 +61,24 @@ class FocusedLinearAttention(QKVAttention):
         self.scale = nn.Parameter(torch.zeros(1, 1, dim))
         self.dwc = nn.Conv2d(self.head_dim, self.head_dim, kernel_size, padding=kernel_size // 2, groups=self.head_dim)
 
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        """Attend over all tokens of ``x`` ``[B, N, C]`` on the grid ``size=(H, W)``; returns ``[B, N, C]``."""
+    def forward(self, x: Tensor, size: tuple[int, int], key_padding_mask: Tensor | None = None) -> Tensor:
+        """Attend over all tokens of ``x`` ``[B, N, C]`` on the grid ``size=(H, W)``; returns ``[B, N, C]``.
+        Padded tokens (``key_padding_mask`` ``[B, N]``, True there) get a zero focused key and value (so no part in
+        the context, the normaliser or the DWC) and a zero output."""
         batch, height, width = check_tokens(x, size, self.dim)
         tokens = x.shape[1]
         q, k, v = self.project_qkv(x)
         scale = F.softplus(self.scale)
         q = focused_map((F.relu(q) + 1e-6) / scale, self.focusing_factor)
         k = focused_map((F.relu(k) + 1e-6) / scale, self.focusing_factor)
+        keep = None if key_padding_mask is None else padding_keep(key_padding_mask, x)[..., None]
+        if keep is not None:
+            k, v = k * keep, v * keep
         q, k, v = (self.split_heads(t) for t in (q, k, v))  # [B, heads, N, d]
         context = k.transpose(-2, -1) @ v  # [B, heads, d, d]
         normaliser = q @ k.sum(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6  # [B, heads, N, 1]
         x = (q @ context) / normaliser
         v = v.reshape(batch * self.num_heads, tokens, self.head_dim).transpose(1, 2)
         dwc = self.dwc(v.reshape(-1, self.head_dim, height, width))
-        x = x + dwc.reshape(batch, self.num_heads, self.head_dim, tokens).transpose(-2, -1)
-        return self.proj(self.merge_heads(x))
+        x = self.merge_heads(x + dwc.reshape(batch, self.num_heads, self.head_dim, tokens).transpose(-2, -1))
+        return self.proj(x if keep is None else x * keep)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from elfatt_lab.attention.elfatt_variants import (
 )
 from elfatt_lab.attention.peers import PEERS
 
-__all__ = ["Mechanism", "MECHANISMS", "build_attention", "check_mechanisms"]
+__all__ = ["Mechanism", "MECHANISMS", "build_attention", "check_mechanisms", "takes_key_padding_mask"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,8 @@ def check_mechanisms(names: list[str] | tuple[str, ...]) -> list[str]:
 def build_attention(name: str, dim: int, num_heads: int) -> nn.Module:
     """Build the attention layer registered as ``name``."""
     return MECHANISMS[check_mechanisms([name])[0]].build(dim, num_heads)
+
+
+def takes_key_padding_mask(layer: nn.Module) -> bool:
+    """Whether an attention layer can leave padded tokens out (its ``forward`` takes ``key_padding_mask``)."""
+    return "key_padding_mask" in inspect.signature(layer.forward).parameters

@@ -22,7 +22,9 @@ class VanillaAttention(QKVAttention):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias, lepe=lepe)
         self.scale = self.head_dim**-0.5
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """``softmax(q k^T * d^-0.5) @ v`` on ``[B, heads, N, d]``."""
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """``softmax(q k^T * d^-0.5) @ v`` on ``[B, heads, N, d]``, padded keys' scores ``-inf``."""
         attn = (q * self.scale) @ k.transpose(-2, -1)
+        if key_padding_mask is not None:
+            attn = attn.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
         return attn.softmax(dim=-1) @ v

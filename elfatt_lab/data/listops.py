@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from elfatt_lab._progress import progress_bar
+
 __all__ = [
     "GENERATOR_VERSION",
     "OPERATORS",
@@ -119,6 +121,7 @@ def generate_listops(
     min_length: int = 500,
     max_length: int = 2000,
     seq_len: int | None = None,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Sample ListOps expressions and their values, deterministically for a seed.
 
@@ -130,6 +133,7 @@ def generate_listops(
         min_length: kept expressions have more tokens than this.
         max_length: kept expressions have fewer tokens than this.
         seq_len: width of the token tensor; ``max_length`` when None (no expression is then truncated).
+        progress: show a progress bar.
 
     Returns:
         token ids ``[num_samples, seq_len]`` (int64, right-padded with :data:`PAD_ID`) and labels ``[num_samples]``
@@ -147,17 +151,21 @@ def generate_listops(
     tokens = torch.full((num_samples, seq_len), PAD_ID, dtype=torch.long)
     labels = torch.zeros(num_samples, dtype=torch.long)
     done = 0
-    while done < num_samples:
-        ids: list[int] = []
-        try:
-            value = _tree(uniform, ids, 1, max_depth, max_args, max_length)
-        except _TooLong:
-            continue
-        if min_length < len(ids) < max_length:
-            ids = ids[:seq_len]
-            tokens[done, : len(ids)] = torch.tensor(ids)
-            labels[done] = value
-            done += 1
+    with progress_bar(progress, transient=True) as bar:
+        task = bar.add_task("ListOps", total=num_samples) if bar else None
+        while done < num_samples:
+            ids: list[int] = []
+            try:
+                value = _tree(uniform, ids, 1, max_depth, max_args, max_length)
+            except _TooLong:
+                continue
+            if min_length < len(ids) < max_length:
+                ids = ids[:seq_len]
+                tokens[done, : len(ids)] = torch.tensor(ids)
+                labels[done] = value
+                done += 1
+                if bar:
+                    bar.update(task, completed=done)
     return tokens, labels
 
 

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from elfatt_lab._progress import progress_bar
+
 __all__ = [
     "GENERATOR_VERSION",
     "PRESETS",
@@ -396,6 +398,7 @@ def sample_pathfinder(
         label: 1 for dots at both ends of one path, 0 for dots on two different paths.
         size: image side.
         params: drawing parameters; :data:`PRESETS` ``[size]`` when None.
+        progress: show a progress bar.
         max_attempts: images drawn and thrown away (targets that do not fit, a dot touching another path) before
             giving up.
 
@@ -424,7 +427,7 @@ def sample_pathfinder(
 
 
 def generate_pathfinder(
-    num_samples: int, *, size: int = 32, seed: int, params: PathfinderParams | None = None
+    num_samples: int, *, size: int = 32, seed: int, params: PathfinderParams | None = None, progress: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Draw a balanced set of Pathfinder images, deterministically for a seed.
 
@@ -436,6 +439,7 @@ def generate_pathfinder(
         size: image side (32, 64 or 128 have LRA's presets).
         seed: seed of everything.
         params: drawing parameters; :data:`PRESETS` ``[size]`` when None.
+        progress: show a progress bar.
 
     Returns:
         images ``[num_samples, 1, size, size]`` (float32, 0 or 1) and labels ``[num_samples]`` (int64).
@@ -444,7 +448,11 @@ def generate_pathfinder(
     label_seed, *sample_seeds = np.random.SeedSequence(seed).spawn(num_samples + 1)
     labels = np.random.default_rng(label_seed).permutation(num_samples) < num_samples // 2
     images = np.zeros((num_samples, 1, size, size), dtype=np.float32)
-    for i, sample_seed in enumerate(sample_seeds):
-        rng = np.random.default_rng(sample_seed)
-        images[i, 0] = sample_pathfinder(rng, label=int(labels[i]), size=size, params=params).image
+    with progress_bar(progress, transient=True) as bar:
+        task = bar.add_task(f"Pathfinder-{size}", total=num_samples) if bar else None
+        for i, sample_seed in enumerate(sample_seeds):
+            rng = np.random.default_rng(sample_seed)
+            images[i, 0] = sample_pathfinder(rng, label=int(labels[i]), size=size, params=params).image
+            if bar:
+                bar.advance(task)
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))

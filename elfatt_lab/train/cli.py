@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         image_size=positive,
         max_length=positive,
         path_length=positive,
+        block=non_negative,
+        epoch_samples=non_negative,
         workers=non_negative,
         seed=non_negative,
         lr=finite_float(0.0, inclusive=False),

@@ -26,7 +26,7 @@ from pathlib import Path
 from elfatt_lab._atomic import atomic_save_figure, atomic_write_text
 from elfatt_lab._csv import write_rows
 from elfatt_lab.attention.registry import MECHANISMS as MECHANISM_REGISTRY
-from elfatt_lab.train.checkpoint import CheckpointError, load_checkpoint, saved_config
+from elfatt_lab.train.checkpoint import CheckpointError, check_resume, load_checkpoint, saved_config
 from elfatt_lab.train.loop import TrainConfig, train
 
 __all__ = ["MECHANISMS", "PRESETS", "main", "seeds_label"]
@@ -35,6 +35,9 @@ MECHANISMS = ("vanilla", "elfatt", "elfatt-window", "elfatt-linear", "efficient"
 FAST_MECHANISMS = ("sdpa", *MECHANISMS[1:])
 FASHION_MECHANISMS = ("sdpa", "sdpa-lepe", "elfatt", "elfatt-window", "elfatt-linear", "swin", "efficient", "flatten")
 FASHION_MECHANISMS += ("agent",)
+# The mechanisms that leave padded tokens out, of them those worth a day of this machine: ELFATT, its two parts, two
+# linear peers and softmax attention (the slowest by far, last).
+LRA_MECHANISMS = ("elfatt", "elfatt-window", "elfatt-linear", "efficient", "flatten", "sdpa")
 # Per experiment: the task and options, sized so that one run takes minutes on 2 CPU cores (how each was sized:
 # docs/lab-notes.md).
 PRESETS: dict[str, dict] = {
@@ -66,7 +69,25 @@ PRESETS: dict[str, dict] = {
         task="listops", epochs=10, batch_size=64, lr=1e-3, dim=32, depth=2, heads=4, train_samples=4000,
         val_samples=1000, max_length=500,
     ),
+    # The Long Range Arena at its own sizes. ListOps: LRA's 96,000 / 2,000 / 2,000 expressions of 500-2,000 tokens,
+    # padding left out of attention and pooling; LRA's 5,000 steps of 32 (with 1,000 warm-up steps) become 6,000
+    # steps of 32 (24 epochs of 8,000, 4 of warm-up), its 512-wide 6-layer model a 64-wide 2-layer one, ELFATT's
+    # blocks 64 tokens long.
+    "listops-lra": dict(
+        task="listops", max_length=2000, train_samples=96000, val_samples=2000, epoch_samples=8000, epochs=24,
+        warmup_epochs=4.0, batch_size=32, lr=1e-3, dim=64, depth=2, heads=4, block=64, mechanisms=LRA_MECHANISMS,
+        published={"Transformer (LRA, Tay et al. 2021, Table 1)": 36.37, "majority class (0)": 15.8},
+    ),
+    # Pathfinder-32 at LRA's difficulty (14-dash paths): 100,000 training images (LRA: 160,000) seen 10 times
+    # (LRA: 200 epochs) in 50 epochs of 20,000; 2x2-pixel patches (256 tokens; LRA: 1,024 pixels), max pooling.
+    "pathfinder32-lra": dict(
+        task="pathfinder32", train_samples=100000, val_samples=2000, epoch_samples=20000, epochs=50, batch_size=64,
+        lr=1e-3, dim=64, depth=2, heads=4, patch=2, pool="max", mechanisms=LRA_MECHANISMS,
+        published={"Transformer (LRA, Tay et al. 2021, Table 1)": 71.40, "chance": 50.0},
+    ),
 }  # fmt: skip
+# Preset entries that are not training options.
+NOT_OPTIONS = ("mechanisms", "published")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--out", type=Path, default=None, help="default results/train-<task>")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished runs of these settings and continue the unfinished ones from their last.pt "
+        "(default: every run asked for starts over)",
+    )
     parser.add_argument("--summarize", action="store_true", help="rewrite the summary of the finished runs, train none")
     parser.add_argument(
         "--throughput",
@@ -86,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("results") / f"train-{args.task}"
     preset = dict(PRESETS[args.task], **({"epochs": args.epochs} if args.epochs else {}))
     mechanisms = args.mechanisms or preset.get("mechanisms", MECHANISMS)
-    base = TrainConfig(progress=False, **{key: value for key, value in preset.items() if key != "mechanisms"})
+    base = TrainConfig(progress=False, **{key: value for key, value in preset.items() if key not in NOT_OPTIONS})
     if args.throughput:
         from elfatt_lab.train.throughput import measure_throughput
 
@@ -104,13 +131,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"no finished runs of the {args.task} settings in {out}")
         _write_summary(rows, out, args.task, preset)
         return 0
-    rows = _earlier_rows(out, base, {(mechanism, seed) for mechanism in mechanisms for seed in args.seeds})
+    asked = {(mechanism, seed) for mechanism in mechanisms for seed in args.seeds}
+    finished = {(row["mechanism"], row["seed"]) for row in _earlier_rows(out, base, set())} if args.resume else set()
+    rows = _earlier_rows(out, base, asked - finished)
     for mechanism in mechanisms:
         for seed in args.seeds:
+            if (mechanism, seed) in finished:
+                print(f"{mechanism} seed {seed}: finished before, kept", flush=True)
+                continue
             start = time.perf_counter()
             config = _run_config(base, out, mechanism, seed)
+            if args.resume:
+                config, earlier_wall = _resumed(config)
+            else:
+                earlier_wall = 0.0
             history = train(config)
-            wall = time.perf_counter() - start
+            wall = earlier_wall + time.perf_counter() - start
             _write_run_record(config.out, asdict(config), len(history))
             final = history[-1]
             row = dict(
@@ -152,6 +188,25 @@ def _run_config(base: TrainConfig, out: Path, mechanism: str, seed: int) -> Trai
     return replace(base, model=mechanism, seed=seed, out=_run_dir(out, mechanism, seed), overwrite=True)
 
 
+def _resumed(config: TrainConfig) -> tuple[TrainConfig, float]:
+    """``config`` set to continue its run folder's ``last.pt`` where that checkpoint is of the same settings, with
+    the seconds its epochs trained (their validation passes not counted: the rest of an interrupted run's wall time
+    is lost); unchanged and 0 where there is nothing to continue."""
+    last = config.out / "last.pt"
+    if not last.is_file():
+        return config, 0.0
+    resumed = replace(config, resume=last, overwrite=False)
+    try:
+        state = load_checkpoint(last)
+        check_resume(state, resumed, last)
+    except CheckpointError as error:
+        print(f"{config.out}: starting over ({error})", flush=True)
+        return config, 0.0
+    epochs = state["history"]
+    print(f"{config.out}: resuming after epoch {len(epochs)}", flush=True)
+    return resumed, sum(row["epoch_seconds"] for row in epochs)
+
+
 def _earlier_rows(out: Path, base: TrainConfig, rerun: set[tuple[str, int]]) -> list[dict]:
     """Rows of ``out/runs.csv`` whose run is not about to be redone and that trained all epochs of exactly this
     experiment's settings (by the run's ``run.json``, else its last checkpoint); anything else there is dropped."""
@@ -184,7 +239,8 @@ def _run_record(run: Path) -> tuple[dict, int] | None:
     if not record.is_file():
         return None
     data = json.loads(record.read_text())
-    return data["settings"], data["epochs_trained"]
+    # an option added since the run was recorded was at its default, which keeps the old behaviour
+    return {**_comparable(asdict(TrainConfig())), **data["settings"]}, data["epochs_trained"]
 
 
 def _write_run_record(run: Path, config: dict, epochs_trained: int) -> None:
@@ -229,7 +285,7 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
         "runs |"
     )
     lines = [
-        f"`{command}` ({', '.join(f'{key}={value}' for key, value in preset.items() if key != 'mechanisms')})",
+        f"`{command}` ({', '.join(f'{key}={value}' for key, value in preset.items() if key not in NOT_OPTIONS)})",
         "",
         header,
         "|---" * header.count(" | ") + "|---|",
@@ -270,6 +326,9 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
             "medians; a train step is forward, backward and AdamW. Each run's own figures, measured during its "
             "training, are in runs.csv.",
         ]
+    if preset.get("published"):
+        published = "; ".join(f"{name} {value:.2f}%" for name, value in preset["published"].items())
+        lines += ["", f"Published, for comparison: {published}."]
     lines += ["", "Mechanisms (`elfatt_lab.attention.MECHANISMS`):", ""]
     lines += [f"- `{name}`: {MECHANISM_REGISTRY[name].summary}" for name, *_ in summary if name in MECHANISM_REGISTRY]
     atomic_write_text("\n".join(lines) + "\n", out / "summary.md")

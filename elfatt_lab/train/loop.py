@@ -15,7 +15,7 @@ import random
 import re
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from elfatt_lab._arguments import one_line, writable_folder_error
 from elfatt_lab._atomic import atomic_save_figure, atomic_write_text
@@ -81,6 +81,12 @@ class TrainConfig:
     image_size: int = 224
     max_length: int = 500
     path_length: int = 14
+    # ELFATT layers' blocks in the small transformer: tokens per block along a sequence, or the side of square
+    # blocks of patches; 0 keeps the mechanism's own. Other mechanisms ignore it.
+    block: int = 0
+    # Samples per epoch: consecutive slices of seeded passes over the training split, so that an epoch (and its
+    # checkpoint) comes every few minutes on a large set; 0: an epoch is the whole split.
+    epoch_samples: int = 0
     workers: int = 0
     skip_unreadable_images: bool = False
     augment: bool = False
@@ -132,6 +138,35 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     from timm.optim import create_optimizer_v2
 
     return create_optimizer_v2(model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay)
+
+
+class EpochSlices(Sampler[int]):
+    """Epoch ``e`` trains on samples ``[e * n, (e + 1) * n)`` of the concatenated passes over ``size`` samples, each
+    pass a permutation seeded by ``seed`` and its number; ``world`` ranks take every ``world``-th of them."""
+
+    def __init__(self, size: int, samples: int, world: int = 1, rank: int = 0, *, seed: int = 0) -> None:
+        if samples % world:
+            raise ValueError(f"epoch_samples {samples} must divide among the {world} processes")
+        self.size, self.samples, self.world, self.rank, self.seed = size, samples, world, rank, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        start, stop = self.epoch * self.samples, (self.epoch + 1) * self.samples
+        passes = range(start // self.size, (stop - 1) // self.size + 1)
+        order = torch.cat(
+            [torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + p)) for p in passes]
+        )
+        first = passes[0] * self.size
+        return order[start - first : stop - first][self.rank :: self.world].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return self.samples // self.world
 
 
 def _schedule(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -219,7 +254,14 @@ def task_of(config: TrainConfig) -> Task:
         skip_unreadable_images=config.skip_unreadable_images,
         augment=config.augment,
         data_dir=config.data_dir,
+        progress=config.progress,
     )
+
+
+def model_of(config: TrainConfig, task: Task) -> nn.Module:
+    """The model a run of ``config`` trains on ``task``: a backbone, or the small transformer it shapes."""
+    shape = dict(dim=config.dim, depth=config.depth, heads=config.heads, patch=config.patch, pool=config.pool)
+    return build_model(config.model, task, block=config.block, **shape)
 
 
 def check_config(config: TrainConfig) -> None:
@@ -234,8 +276,9 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not (math.isfinite(config.lr) and config.lr > 0) or not 0 <= config.label_smoothing < 1:
         raise ValueError(f"lr must be > 0 and label_smoothing in [0, 1), got {config.lr}, {config.label_smoothing}")
-    if config.weight_decay < 0 or config.warmup_epochs < 0 or config.workers < 0 or config.train_subset < 0:
-        raise ValueError("weight_decay, warmup_epochs, workers and train_subset must be >= 0")
+    counts = (config.workers, config.train_subset, config.block, config.epoch_samples)
+    if config.weight_decay < 0 or config.warmup_epochs < 0 or min(counts) < 0:
+        raise ValueError("weight_decay, warmup_epochs, workers, train_subset, block and epoch_samples must be >= 0")
     problem = writable_folder_error(config.out)
     if problem:
         raise ValueError(f"--out: {problem}")
@@ -316,16 +359,11 @@ def _train(config: TrainConfig, setup: _Distributed) -> list[dict]:
 def _train_in_folder(config: TrainConfig, setup: _Distributed, state: dict | None, start_epoch: int) -> list[dict]:
     torch.manual_seed(config.seed)
     task = task_of(config)
-    model = build_model(
-        config.model,
-        task,
-        dim=config.dim,
-        depth=config.depth,
-        heads=config.heads,
-        patch=config.patch,
-        pool=config.pool,
-    ).to(setup.device)
-    sampler = DistributedSampler(task.train, setup.world, setup.rank, shuffle=True, seed=config.seed)
+    model = model_of(config, task).to(setup.device)
+    if config.epoch_samples:
+        sampler = EpochSlices(len(task.train), config.epoch_samples, setup.world, setup.rank, seed=config.seed)
+    else:
+        sampler = DistributedSampler(task.train, setup.world, setup.rank, shuffle=True, seed=config.seed)
     train_loader = DataLoader(task.train, config.batch_size, sampler=sampler, num_workers=config.workers)
     val_shard = Subset(task.val, range(setup.rank, len(task.val), setup.world))
     val_loader = DataLoader(val_shard, config.batch_size, num_workers=config.workers)

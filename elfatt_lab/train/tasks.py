@@ -27,12 +27,14 @@ class Task:
     image_size: int = 0
     vocab_size: int = 0
     seq_len: int = 0
+    # The token id of padding in a token task (left out of attention and pooling); None where nothing is padded.
+    pad_id: int | None = None
     # Held out for the final reported numbers only (Fashion-MNIST's official test split); None where there is none.
     test: Dataset | None = None
 
 
 def _pathfinder(
-    size: int, train_samples: int, val_samples: int, seed: int, path_length: int
+    size: int, train_samples: int, val_samples: int, seed: int, path_length: int, progress: bool
 ) -> tuple[TensorDataset, TensorDataset]:
     from elfatt_lab.data.cache import cached
     from elfatt_lab.data.pathfinder import GENERATOR_VERSION, generate_pathfinder, params_for
@@ -49,7 +51,7 @@ def _pathfinder(
             lambda: dict(
                 zip(
                     ("images", "labels"),
-                    generate_pathfinder(samples, size=size, seed=split_seed, params=drawing),
+                    generate_pathfinder(samples, size=size, seed=split_seed, params=drawing, progress=progress),
                     strict=True,
                 )
             ),
@@ -59,7 +61,10 @@ def _pathfinder(
     return split(train_samples, seed), split(val_samples, seed + 10_000)
 
 
-def _listops(train_samples: int, val_samples: int, seed: int, max_length: int) -> tuple[TensorDataset, ...]:
+def _listops(
+    train_samples: int, val_samples: int, seed: int, max_length: int, progress: bool
+) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """Training, validation and test splits (the last two of ``val_samples`` each), from their own seeds."""
     from elfatt_lab.data.cache import cached
     from elfatt_lab.data.listops import GENERATOR_VERSION, generate_listops
 
@@ -68,14 +73,14 @@ def _listops(train_samples: int, val_samples: int, seed: int, max_length: int) -
 
         def build() -> dict:
             tokens, labels = generate_listops(
-                samples, seed=split_seed, max_length=max_length, min_length=max(1, max_length // 4)
+                samples, seed=split_seed, max_length=max_length, min_length=max(1, max_length // 4), progress=progress
             )
             return dict(tokens=tokens, labels=labels)
 
         data = cached("listops", params, build)
         return TensorDataset(data["tokens"], data["labels"])
 
-    return split(train_samples, seed), split(val_samples, seed + 10_000)
+    return split(train_samples, seed), split(val_samples, seed + 10_000), split(val_samples, seed + 20_000)
 
 
 def check_task_name(name: str) -> None:
@@ -120,6 +125,7 @@ def build_task(
     skip_unreadable_images: bool = False,
     augment: bool = False,
     data_dir: Path | None = None,
+    progress: bool = False,
 ) -> Task:
     """Build a task by name (see :data:`TASKS`).
 
@@ -134,13 +140,15 @@ def build_task(
         train_subset: keep this many training images, drawn with ``seed`` (0 keeps all); the validation and test
             splits are unchanged.
         image_size: side of the folder task's images, normalised with ImageNet's mean and std.
-        max_length: ListOps sequence length (padded).
+        max_length: ListOps sequence length (padded); expressions are longer than a quarter of it (LRA's 2,000 and
+            500). ListOps has a test split of ``val_samples`` too.
         path_length: dashes per Pathfinder target path: LRA's 14, or Linsley et al.'s easier 6 and 9.
         skip_unreadable_images: a folder task leaves out the images Pillow cannot read (after decoding every image
             once), instead of stopping at the first one.
         augment: augment the training images: a folder task with timm's random-resized crop, flip and colour
             jitter, Fashion-MNIST with a random crop after 2-pixel padding and a flip.
         data_dir: Fashion-MNIST's idx files, when not in Debian's folder or ``$ELFATT_FASHION_MNIST_DIR``.
+        progress: a progress bar while Pathfinder or ListOps data is generated (not when it is read from the cache).
     """
     task = _whole_task(
         name,
@@ -153,6 +161,7 @@ def build_task(
         skip_unreadable_images=skip_unreadable_images,
         augment=augment,
         data_dir=data_dir,
+        progress=progress,
     )
     if train_subset:
         if train_subset > len(task.train):
@@ -174,6 +183,7 @@ def _whole_task(
     skip_unreadable_images: bool,
     augment: bool,
     data_dir: Path | None,
+    progress: bool,
 ) -> Task:
     if name == "digits":
         from elfatt_lab.data.images import digits
@@ -188,13 +198,14 @@ def _whole_task(
         return Task(name, train, val, 10, "image", channels=1, image_size=28, test=test)
     if name.startswith("pathfinder") and name.removeprefix("pathfinder") in ("32", "64", "128"):
         size = int(name.removeprefix("pathfinder"))
-        train, val = _pathfinder(size, train_samples, val_samples, seed, path_length)
+        train, val = _pathfinder(size, train_samples, val_samples, seed, path_length, progress)
         return Task(name, train, val, 2, "image", channels=1, image_size=size)
     if name == "listops":
-        from elfatt_lab.data.listops import VOCAB_SIZE
+        from elfatt_lab.data.listops import PAD_ID, VOCAB_SIZE
 
-        train, val = _listops(train_samples, val_samples, seed, max_length)
-        return Task(name, train, val, 10, "tokens", vocab_size=VOCAB_SIZE, seq_len=max_length)
+        train, val, test = _listops(train_samples, val_samples, seed, max_length, progress)
+        shape = dict(vocab_size=VOCAB_SIZE, seq_len=max_length, pad_id=PAD_ID)
+        return Task(name, train, val, 10, "tokens", test=test, **shape)
     if name.startswith("folder:"):
         from elfatt_lab.data.images import ImageFolder
 

@@ -13,8 +13,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from elfatt_lab.train.loop import TrainConfig, build_optimizer, task_of
-from elfatt_lab.train.model import build_model
+from elfatt_lab.train.loop import TrainConfig, build_optimizer, model_of, task_of
 
 __all__ = ["measure_throughput"]
 
@@ -41,8 +40,7 @@ def measure_throughput(
     for mechanism in mechanisms:
         torch.manual_seed(config.seed)
         run = replace(config, model=mechanism)
-        model = build_model(mechanism, task, dim=run.dim, depth=run.depth, heads=run.heads, patch=run.patch,
-                            pool=run.pool)  # fmt: skip
+        model = model_of(run, task)
         optimizer = build_optimizer(model, run)
 
         def train_step(model=model, optimizer=optimizer) -> None:

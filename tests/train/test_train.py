@@ -15,7 +15,7 @@ import torch
 from elfatt_lab.train import TrainConfig, train
 from elfatt_lab.train.cli import main
 from elfatt_lab.train.experiments import MECHANISMS as DEFAULT_MECHANISMS
-from elfatt_lab.train.experiments import PRESETS
+from elfatt_lab.train.experiments import NOT_OPTIONS, PRESETS
 
 TINY = dict(epochs=1, batch_size=32, dim=16, depth=1, heads=2, progress=False)
 
@@ -118,7 +118,7 @@ def test_pooling_feeds_the_head_the_token_mean_or_max(pool):
 def test_every_experiment_preset_is_a_valid_config(name):
     from elfatt_lab.attention import MECHANISMS
 
-    options = {key: value for key, value in PRESETS[name].items() if key != "mechanisms"}
+    options = {key: value for key, value in PRESETS[name].items() if key not in NOT_OPTIONS}
     config = TrainConfig(**options)
     from elfatt_lab.train.tasks import TASKS
 
@@ -281,3 +281,85 @@ def test_plot_titles_say_how_many_seeds_each_mechanism_has():
     assert seeds_label(three) == "3 seeds"
     assert seeds_label(three[:1]) == "1 seed"
     assert seeds_label(three[:5]) == "2 to 3 seeds per mechanism"
+
+
+def test_lra_presets_have_lra_sizes():
+    listops, pathfinder = PRESETS["listops-lra"], PRESETS["pathfinder32-lra"]
+    assert (listops["train_samples"], listops["val_samples"], listops["max_length"]) == (96000, 2000, 2000)
+    assert pathfinder["train_samples"] >= 50000 and TrainConfig().path_length == 14
+
+
+@pytest.mark.parametrize("name", ["listops-lra", "pathfinder32-lra"])
+def test_lra_presets_train_at_small_sizes(name, tmp_path, monkeypatch):
+    """The preset as it runs, its data shrunk: epochs of a slice, blocks along the sequence, padding left out."""
+    monkeypatch.setenv("ELFATT_DATA_DIR", str(tmp_path / "cache"))
+    options = {key: value for key, value in PRESETS[name].items() if key not in NOT_OPTIONS}
+    small = dict(train_samples=48, val_samples=8, epoch_samples=32, epochs=2, batch_size=16, dim=16, max_length=64)
+    history = train(TrainConfig(**{**options, **small}, out=tmp_path / "run", progress=False))
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
+    assert (tmp_path / "run" / "test.json").is_file() == (name == "listops-lra")
+
+
+def test_epoch_slices_walk_through_seeded_passes():
+    from elfatt_lab.train.loop import EpochSlices
+
+    def epoch(sampler, number):
+        sampler.set_epoch(number)
+        return list(sampler)
+
+    sampler = EpochSlices(10, 4, seed=3)
+    first, second, third = (epoch(sampler, number) for number in range(3))
+    assert len(sampler) == 4 and sorted(first + second + third[:2]) == list(range(10))
+    assert sorted(third[2:] + epoch(sampler, 3) + epoch(sampler, 4)) == list(range(10))  # the next pass
+    assert third[2:] != first[:2] or epoch(sampler, 3) != first[2:]  # a pass of its own order
+    ranks = [EpochSlices(10, 4, world=2, rank=rank, seed=3) for rank in range(2)]
+    assert sorted(epoch(ranks[0], 1) + epoch(ranks[1], 1)) == sorted(second)
+    with pytest.raises(ValueError, match="divide among the 2 processes"):
+        EpochSlices(10, 5, world=2)
+
+
+def test_padding_is_left_out_of_the_whole_model():
+    """More padding at the end changes no logit: attention (every layer) and pooling leave padding out."""
+    from elfatt_lab.data.listops import PAD_ID
+    from elfatt_lab.train.model import SmallTransformer
+    from elfatt_lab.train.tasks import Task
+
+    def model(length):
+        task = Task("listops", None, None, 10, "tokens", vocab_size=16, seq_len=length, pad_id=PAD_ID)
+        torch.manual_seed(0)
+        return SmallTransformer(task, "elfatt", dim=16, depth=2, heads=2, block=4).eval()
+
+    short, long = model(21), model(30)
+    long.load_state_dict({**short.state_dict(), "pos_embed": long.pos_embed.detach()})
+    long.pos_embed.data[:, :21] = short.pos_embed.detach()
+    tokens = torch.randint(1, 16, (3, 21), generator=torch.Generator().manual_seed(1))
+    tokens[1, 13:] = PAD_ID
+    padded = torch.cat([tokens, torch.full((3, 9), PAD_ID)], dim=1)
+    for pool in ("mean", "max"):
+        short.pool = long.pool = pool
+        torch.testing.assert_close(long(padded), short(tokens))
+
+
+def test_a_mechanism_that_cannot_leave_padding_out_is_refused():
+    from elfatt_lab.train.model import SmallTransformer
+    from elfatt_lab.train.tasks import Task
+
+    task = Task("listops", None, None, 10, "tokens", vocab_size=16, seq_len=20, pad_id=0)
+    with pytest.raises(ValueError, match="agent cannot leave the padding of listops's sequences out.*elfatt"):
+        SmallTransformer(task, "agent", dim=16, depth=1, heads=2)
+
+
+def test_experiments_resume_unfinished_runs_and_keep_finished_ones(tmp_path, capsys):
+    from elfatt_lab.train.experiments import main as experiments
+
+    argv = ["--task", "digits", "--mechanisms", "elfatt", "efficient", "--seeds", "0", "--out", str(tmp_path)]
+    assert experiments([*argv, "--epochs", "1"]) == 0
+    assert experiments([*argv[:4], "--seeds", "0", "--out", str(tmp_path), "--epochs", "2", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "elfatt-seed0: resuming after epoch 1" in printed and "efficient seed 0: finished before" not in printed
+    with (tmp_path / "elfatt-seed0" / "log.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+    assert experiments([*argv, "--epochs", "2", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "elfatt seed 0: finished before, kept" in printed and "efficient-seed0: resuming after epoch 1" in printed
