@@ -25,7 +25,7 @@ def cache_dir(root: str | os.PathLike[str] | None = None) -> Path:
         return Path(root)
     if os.environ.get("ELFATT_DATA_DIR"):
         return Path(os.environ["ELFATT_DATA_DIR"])
-    return Path.home() / ".cache" / "elfatt" / "data"
+    return Path.home() / ".cache" / "elfatt_lab" / "data"
 
 
 def cache_path(name: str, params: dict[str, Any], root: str | os.PathLike[str] | None = None) -> Path:
