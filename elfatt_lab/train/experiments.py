@@ -119,9 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         measured = measure_throughput(base, mechanisms)
         write_rows(measured, out / "throughput.csv")
+        unit = "sequences/s" if preset["task"] == "listops" else "img/s"
         for row in measured:
-            print(f"{row['mechanism']}: train {row['train_images_per_s']:.0f} img/s, "
-                  f"inference {row['infer_images_per_s']:.0f} img/s", flush=True)  # fmt: skip
+            train_rate, infer_rate = row["train_images_per_s"], row["infer_images_per_s"]
+            print(f"{row['mechanism']}: train {train_rate:.0f} {unit} ({row['train_spread_pct']}%), "
+                  f"inference {infer_rate:.0f} {unit} ({row['infer_spread_pct']}%)", flush=True)  # fmt: skip
     if args.summarize or args.throughput:
         rows = _earlier_rows(out, base, set())
         if not rows and args.throughput:
@@ -323,8 +325,8 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
             "",
             f"† measured side by side (`--throughput`): one process, {some['threads']:.0f} threads, one batch of "
             f"{some['batch_size']:.0f} training images, every mechanism in turn for {some['rounds']:.0f} rounds, "
-            "medians; a train step is forward, backward and AdamW. Each run's own figures, measured during its "
-            "training, are in runs.csv.",
+            "medians (each round's spread about them in throughput.csv); a train step is forward, backward and "
+            "AdamW. Each run's own figures, measured during its training, are in runs.csv.",
         ]
     if preset.get("published"):
         published = "; ".join(f"{name} {value:.2f}%" for name, value in preset["published"].items())
@@ -339,13 +341,16 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
 
 
 def _side_by_side(out: Path) -> dict[str, dict[str, float]]:
-    """``throughput.csv`` of ``out`` by mechanism, when ``--throughput`` wrote one."""
+    """``throughput.csv`` of ``out`` by mechanism (its numbers; the spreads are text), when ``--throughput`` wrote
+    one."""
     path = out / "throughput.csv"
     if not path.is_file():
         return {}
     with path.open(newline="") as handle:
         return {
-            row["mechanism"]: {key: float(value) for key, value in row.items() if key != "mechanism"}
+            row["mechanism"]: {
+                key: float(value) for key, value in row.items() if key != "mechanism" and not key.endswith("_pct")
+            }
             for row in csv.DictReader(handle)
         }
 

@@ -25,6 +25,11 @@ def _images_per_second(work, images: int, passes: int) -> float:
     return images * passes / (time.perf_counter() - start)
 
 
+def _spread(values: list[float]) -> str:
+    middle = statistics.median(values)
+    return f"{100 * (min(values) / middle - 1):+.0f}/{100 * (max(values) / middle - 1):+.0f}"
+
+
 def measure_throughput(
     config: TrainConfig, mechanisms: Sequence[str], *, rounds: int = 5, passes: int = 2
 ) -> list[dict[str, float | str]]:
@@ -67,6 +72,9 @@ def measure_throughput(
             mechanism=mechanism,
             train_images_per_s=statistics.median(train for train, _ in results),
             infer_images_per_s=statistics.median(infer for _, infer in results),
+            # (slowest, fastest) round over the median, in percent: how steady the machine was
+            train_spread_pct=_spread([train for train, _ in results]),
+            infer_spread_pct=_spread([infer for _, infer in results]),
             batch_size=batch,
             rounds=rounds,
             threads=torch.get_num_threads(),

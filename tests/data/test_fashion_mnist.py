@@ -133,6 +133,8 @@ def test_the_experiment_reports_test_accuracy_throughput_and_the_frontier(tmp_pa
     assert experiments.main([*argv, "--throughput", "--out", str(tmp_path / "out")]) == 0
     measured = {row["mechanism"]: row for row in csv.DictReader((tmp_path / "out" / "throughput.csv").open())}
     assert set(measured) == {"elfatt", "sdpa-lepe"} and all(float(row["rounds"]) == 5 for row in measured.values())
+    low, high = (int(percent) for percent in measured["elfatt"]["train_spread_pct"].split("/"))
+    assert low <= 0 <= high
     summary = (tmp_path / "out" / "summary.md").read_text().splitlines()
     assert "train img/s † | inference img/s †" in summary[2]
     elfatt_row = next(line for line in summary if line.startswith("| elfatt |")).split(" | ")
