@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         measured = measure_throughput(base, mechanisms)
         write_rows(measured, out / "throughput.csv")
-        unit = "sequences/s" if preset["task"] == "listops" else "img/s"
+        unit = _rate_unit(preset)
         for row in measured:
             train_rate, infer_rate = row["train_images_per_s"], row["infer_images_per_s"]
             print(f"{row['mechanism']}: train {train_rate:.0f} {unit} ({row['train_spread_pct']}%), "
@@ -270,6 +270,10 @@ def seeds_label(rows: list[dict]) -> str:
     return f"{fewest} to {most} seeds per mechanism"
 
 
+def _rate_unit(preset: dict) -> str:
+    return "sequences/s" if preset["task"] == "listops" else "img/s"
+
+
 def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None:
     write_rows(rows, out / "runs.csv")
     seeds = sorted({row["seed"] for row in rows})
@@ -278,13 +282,16 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
     tested = all("test_acc" in row for row in rows)
     measure = "test_acc" if tested else "val_acc"
     side_by_side = _side_by_side(out)
-    speeds = "train img/s † | inference img/s †" if side_by_side else "train img/s | inference img/s"
+    unit = _rate_unit(preset)
+    mark = " †" if side_by_side else ""
+    speeds = f"train {unit}{mark} | inference {unit}{mark}"
     header = (
         "| mechanism | test acc, final model (mean ± std over seeds) | per seed | test acc, best-val model | "
         f"val acc | {speeds} | peak MiB | wall min / run | runs |"
         if tested
-        else "| mechanism | final val acc (mean ± std over seeds) | per seed | s / epoch | peak MiB | wall min / run | "
-        "runs |"
+        else "| mechanism | final val acc (mean ± std over seeds) | per seed | s / epoch | "
+        + (f"{speeds} | " if side_by_side else "")
+        + "peak MiB | wall min / run | runs |"
     )
     lines = [
         f"`{command}` ({', '.join(f'{key}={value}' for key, value in preset.items() if key not in NOT_OPTIONS)})",
@@ -305,7 +312,7 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
                 side_by_side[mechanism]["train_images_per_s"],
                 side_by_side[mechanism]["infer_images_per_s"],
             )
-        summary.append((mechanism, statistics.mean(accuracies), spread, speed))
+        summary.append((mechanism, statistics.mean(accuracies), spread, speed, train_speed))
         per_seed = ", ".join(f"{100 * accuracy:.1f}" for accuracy in accuracies)
         cells = [mechanism, f"{100 * statistics.mean(accuracies):.1f} ± {100 * spread:.1f}", per_seed]
         if tested:
@@ -317,6 +324,8 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
             ]
         else:
             cells.append(f"{statistics.median(row['seconds_per_epoch'] for row in runs):.1f}")
+            if side_by_side:
+                cells += [f"{train_speed:.0f}", f"{speed:.0f}"]
         wall = ", ".join(f"{row['wall_seconds'] / 60:.1f}" for row in runs)
         lines.append("| " + " | ".join([*cells, f"{memory:.0f}", wall, str(len(runs))]) + " |")
     if side_by_side:
@@ -336,8 +345,9 @@ def _write_summary(rows: list[dict], out: Path, task: str, preset: dict) -> None
     atomic_write_text("\n".join(lines) + "\n", out / "summary.md")
     title = f"{task}: same model, different attention ({seeds_label(rows)})"
     _plot(rows, [entry[:3] for entry in summary], out, title, measure)
-    if tested:
-        _plot_frontier(summary, out, title, bool(side_by_side))
+    if tested or side_by_side:
+        accuracy = "test accuracy" if tested else "final validation accuracy"
+        _plot_frontier(summary, out, title, bool(side_by_side), unit, accuracy)
 
 
 def _side_by_side(out: Path) -> dict[str, dict[str, float]]:
@@ -355,23 +365,33 @@ def _side_by_side(out: Path) -> dict[str, dict[str, float]]:
         }
 
 
-def _plot_frontier(summary: list[tuple[str, float, float, float]], out: Path, title: str, side_by_side: bool) -> None:
-    """``accuracy_vs_throughput.png``: test accuracy (mean, spread over seeds) against inference images/s."""
+def _plot_frontier(
+    summary: list[tuple[str, float, float, float, float]],
+    out: Path,
+    title: str,
+    side_by_side: bool,
+    unit: str,
+    accuracy: str,
+) -> None:
+    """``accuracy_vs_throughput.png``: accuracy (mean, spread over seeds) against training and against inference
+    throughput, one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 5))
-    for index, (name, mean, spread, speed) in enumerate(summary):
-        axes.errorbar(speed, 100 * mean, yerr=100 * spread, fmt="o", capsize=4, color=f"C{index}", label=name)
-        axes.annotate(name, (speed, 100 * mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    axes.set_xscale("log")
-    measured = "all mechanisms side by side in one process" if side_by_side else "each run's own process"
-    axes.set_xlabel(f"inference images / s (log scale; {measured}, batch of the run)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.set_title(title, fontsize=10)
+    figure, panels = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    measured = "side by side in one process" if side_by_side else "each run's own process"
+    for axes, column, label in ((panels[0], 4, "training"), (panels[1], 3, "inference")):
+        for index, (name, mean, spread, *speeds) in enumerate(summary):
+            speed = speeds[column - 3]
+            axes.errorbar(speed, 100 * mean, yerr=100 * spread, fmt="o", capsize=4, color=f"C{index}", label=name)
+            axes.annotate(name, (speed, 100 * mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        axes.set_xscale("log")
+        axes.set_xlabel(f"{label} {unit} (log scale; {measured})")
+        axes.grid(True, which="both", alpha=0.3)
+    panels[0].set_ylabel(f"{accuracy} (%)")
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     atomic_save_figure(figure, out / "accuracy_vs_throughput.png", dpi=100)
     plt.close(figure)

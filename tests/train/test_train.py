@@ -363,3 +363,16 @@ def test_experiments_resume_unfinished_runs_and_keep_finished_ones(tmp_path, cap
     assert experiments([*argv, "--epochs", "2", "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "elfatt seed 0: finished before, kept" in printed and "efficient-seed0: resuming after epoch 1" in printed
+
+
+def test_side_by_side_throughput_joins_a_summary_without_a_test_split(tmp_path):
+    from elfatt_lab.train.experiments import main as experiments
+
+    argv = ["--task", "digits", "--mechanisms", "elfatt", "efficient", "--seeds", "0", "--epochs", "1"]
+    assert experiments([*argv, "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "accuracy_vs_throughput.png").exists()
+    assert experiments([*argv, "--throughput", "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text().splitlines()
+    assert "| s / epoch | train img/s † | inference img/s † |" in summary[2]
+    assert summary[3].count("|---") == summary[2].count(" | ") + 1
+    assert (tmp_path / "accuracy_vs_throughput.png").read_bytes()[:4] == b"\x89PNG"
