@@ -73,14 +73,14 @@ PRESETS: dict[str, dict] = {
     # padding left out of attention and pooling; LRA's 5,000 steps of 32 (with 1,000 warm-up steps) become 6,000
     # steps of 32 (24 epochs of 8,000, 4 of warm-up), its 512-wide 6-layer model a 64-wide 2-layer one, ELFATT's
     # blocks 64 tokens long.
-    "listops-lra": dict(
+    "lra-listops": dict(
         task="listops", max_length=2000, train_samples=96000, val_samples=2000, epoch_samples=8000, epochs=24,
         warmup_epochs=4.0, batch_size=32, lr=1e-3, dim=64, depth=2, heads=4, block=64, mechanisms=LRA_MECHANISMS,
         published={"Transformer (LRA, Tay et al. 2021, Table 1)": 36.37, "majority class (0)": 15.8},
     ),
     # Pathfinder-32 at LRA's difficulty (14-dash paths): 100,000 training images (LRA: 160,000) seen 10 times
     # (LRA: 200 epochs) in 50 epochs of 20,000; 2x2-pixel patches (256 tokens; LRA: 1,024 pixels), max pooling.
-    "pathfinder32-lra": dict(
+    "lra-pathfinder32": dict(
         task="pathfinder32", train_samples=100000, val_samples=2000, epoch_samples=20000, epochs=50, batch_size=64,
         lr=1e-3, dim=64, depth=2, heads=4, patch=2, pool="max", mechanisms=LRA_MECHANISMS,
         published={"Transformer (LRA, Tay et al. 2021, Table 1)": 71.40, "chance": 50.0},

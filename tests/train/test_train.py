@@ -284,12 +284,12 @@ def test_plot_titles_say_how_many_seeds_each_mechanism_has():
 
 
 def test_lra_presets_have_lra_sizes():
-    listops, pathfinder = PRESETS["listops-lra"], PRESETS["pathfinder32-lra"]
+    listops, pathfinder = PRESETS["lra-listops"], PRESETS["lra-pathfinder32"]
     assert (listops["train_samples"], listops["val_samples"], listops["max_length"]) == (96000, 2000, 2000)
     assert pathfinder["train_samples"] >= 50000 and TrainConfig().path_length == 14
 
 
-@pytest.mark.parametrize("name", ["listops-lra", "pathfinder32-lra"])
+@pytest.mark.parametrize("name", ["lra-listops", "lra-pathfinder32"])
 def test_lra_presets_train_at_small_sizes(name, tmp_path, monkeypatch):
     """The preset as it runs, its data shrunk: epochs of a slice, blocks along the sequence, padding left out."""
     monkeypatch.setenv("ELFATT_DATA_DIR", str(tmp_path / "cache"))
@@ -298,7 +298,7 @@ def test_lra_presets_train_at_small_sizes(name, tmp_path, monkeypatch):
     history = train(TrainConfig(**{**options, **small}, out=tmp_path / "run", progress=False))
     assert [row["epoch"] for row in history] == [1, 2]
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in history)
-    assert (tmp_path / "run" / "test.json").is_file() == (name == "listops-lra")
+    assert (tmp_path / "run" / "test.json").is_file() == (name == "lra-listops")
 
 
 def test_epoch_slices_walk_through_seeded_passes():
