@@ -29,7 +29,9 @@ Where it departs from snakes2.py:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -398,7 +400,6 @@ def sample_pathfinder(
         label: 1 for dots at both ends of one path, 0 for dots on two different paths.
         size: image side.
         params: drawing parameters; :data:`PRESETS` ``[size]`` when None.
-        progress: show a progress bar.
         max_attempts: images drawn and thrown away (targets that do not fit, a dot touching another path) before
             giving up.
 
@@ -426,13 +427,30 @@ def sample_pathfinder(
     raise RuntimeError(f"no Pathfinder image of size {size} fitted in {max_attempts} attempts with {params}")
 
 
+def _draw(seeds: list[np.random.SeedSequence], labels: list[bool], size: int, params: PathfinderParams) -> np.ndarray:
+    """The images of ``seeds`` and ``labels``, ``[n, size, size]``: the work of one chunk."""
+    return np.stack(
+        [
+            sample_pathfinder(np.random.default_rng(seed), label=int(label), size=size, params=params).image
+            for seed, label in zip(seeds, labels, strict=True)
+        ]
+    )
+
+
 def generate_pathfinder(
-    num_samples: int, *, size: int = 32, seed: int, params: PathfinderParams | None = None, progress: bool = False
+    num_samples: int,
+    *,
+    size: int = 32,
+    seed: int,
+    params: PathfinderParams | None = None,
+    progress: bool = False,
+    workers: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Draw a balanced set of Pathfinder images, deterministically for a seed.
 
     Sample ``i`` is drawn by :func:`sample_pathfinder` from its own generator, the ``i + 1``-th child of
-    ``np.random.SeedSequence(seed)`` (the first draws the labels), so it does not depend on the others.
+    ``np.random.SeedSequence(seed)`` (the first draws the labels), so it does not depend on the others, nor on how
+    many processes draw them.
 
     Args:
         num_samples: number of images; ``num_samples // 2`` of them positive, in a seeded random order.
@@ -440,19 +458,37 @@ def generate_pathfinder(
         seed: seed of everything.
         params: drawing parameters; :data:`PRESETS` ``[size]`` when None.
         progress: show a progress bar.
+        workers: processes drawing chunks of images at once (1: this one).
 
     Returns:
         images ``[num_samples, 1, size, size]`` (float32, 0 or 1) and labels ``[num_samples]`` (int64).
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     params = _resolve(size, params)
     label_seed, *sample_seeds = np.random.SeedSequence(seed).spawn(num_samples + 1)
     labels = np.random.default_rng(label_seed).permutation(num_samples) < num_samples // 2
     images = np.zeros((num_samples, 1, size, size), dtype=np.float32)
-    with progress_bar(progress, transient=True) as bar:
+    chunk = 256
+    starts = range(0, num_samples, chunk)
+    jobs = [(sample_seeds[i : i + chunk], labels[i : i + chunk].tolist(), size, params) for i in starts]
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(progress_bar(progress, transient=True))
         task = bar.add_task(f"Pathfinder-{size}", total=num_samples) if bar else None
-        for i, sample_seed in enumerate(sample_seeds):
-            rng = np.random.default_rng(sample_seed)
-            images[i, 0] = sample_pathfinder(rng, label=int(labels[i]), size=size, params=params).image
+        if workers == 1 or len(jobs) == 1:
+            drawn = (_draw(*job) for job in jobs)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(min(workers, len(jobs)), mp_context=_spawn()))
+            drawn = pool.map(_draw, *zip(*jobs, strict=True))
+        for start, block in zip(starts, drawn, strict=True):
+            images[start : start + len(block), 0] = block
             if bar:
-                bar.advance(task)
+                bar.advance(task, len(block))
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def _spawn():
+    """Fresh worker processes (fork would copy this process's threads and torch state)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")

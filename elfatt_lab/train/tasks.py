@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,11 @@ class Task:
     test: Dataset | None = None
 
 
+def _cores() -> int:
+    """The cores this process may run on: Pathfinder's images are drawn by as many processes."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _pathfinder(
     size: int, train_samples: int, val_samples: int, seed: int, path_length: int, progress: bool
 ) -> tuple[TensorDataset, TensorDataset]:
@@ -51,7 +57,9 @@ def _pathfinder(
             lambda: dict(
                 zip(
                     ("images", "labels"),
-                    generate_pathfinder(samples, size=size, seed=split_seed, params=drawing, progress=progress),
+                    generate_pathfinder(
+                        samples, size=size, seed=split_seed, params=drawing, progress=progress, workers=_cores()
+                    ),
                     strict=True,
                 )
             ),

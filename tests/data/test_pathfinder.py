@@ -112,3 +112,9 @@ def test_custom_params_and_errors() -> None:
         sample_pathfinder(np.random.default_rng(0), label=2)
     with pytest.raises(RuntimeError, match="fitted"):
         sample_pathfinder(np.random.default_rng(0), label=1, size=16, params=PRESETS[32], max_attempts=3)
+
+
+def test_processes_draw_the_same_images():
+    one = generate_pathfinder(300, size=32, seed=7)
+    two = generate_pathfinder(300, size=32, seed=7, workers=2)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
