@@ -124,6 +124,20 @@ def test_the_resume_checks_refuse_in_one_line(data, tmp_path, narrow_unet):
     assert "\n" not in str(refusal.value)
 
 
+def test_a_resumed_run_may_end_with_a_learning_rate_decay(data, tmp_path, narrow_unet):
+    from elfatt_lab.diffusion.fashion.train import _learning_rate_factor
+
+    factors = [_learning_rate_factor(step, 2, 10, 4) for step in range(10)]
+    assert factors[:6] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0] and factors[6:] == sorted(factors[6:], reverse=True)
+    assert 0 < factors[-1] < 0.2 and factors[8] == pytest.approx(0.5)
+    options = dict(batch_size=4, warmup_steps=2, checkpoint_every=2, data_dir=data, progress=False)
+    train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "run", **options))
+    log = train_diffusion(DiffusionTrainConfig(steps=8, decay_steps=4, out=tmp_path / "run", resume=True, **options))
+    assert [row["lr"] for row in log] == [5e-4, 0.0]  # at step 4 the constant rate, after step 8 the decay's end
+    with pytest.raises(ValueError, match=r"decay_steps must lie in \[0, steps = 8\], got 9"):
+        train_diffusion(DiffusionTrainConfig(steps=8, decay_steps=9, out=tmp_path / "run", **options))
+
+
 class _Payload:
     """Pickles to a call of ``exec``: loading it with ``weights_only=False`` would create ``marker``."""
 

@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive, default=defaults.batch_size)
     train.add_argument("--lr", type=finite_float(0.0, inclusive=False), default=defaults.lr)
     train.add_argument("--warmup-steps", type=int_at_least(0), default=defaults.warmup_steps)
+    train.add_argument(
+        "--decay-steps",
+        type=int_at_least(0),
+        default=defaults.decay_steps,
+        help="the last this many steps take the learning rate to zero (half cosine); a resumed run may set it",
+    )
     train.add_argument("--ema-decay", type=fraction, default=defaults.ema_decay)
     train.add_argument("--null-probability", type=fraction, default=defaults.null_probability)
     train.add_argument("--seed", type=int_at_least(0), default=defaults.seed)

@@ -63,6 +63,7 @@ RESUMABLE = frozenset(
         "judge_every",
         "judge_dir",
         "judge_samples",
+        "decay_steps",
     }
 )
 # The judge's samples during training: classes i % 10 from noise seeds JUDGE_SEED + i, apart from evaluation's 0..n.
@@ -85,6 +86,9 @@ class DiffusionTrainConfig:
     batch_size: int = 32
     lr: float = 5e-4
     warmup_steps: int = 200
+    # The last decay_steps steps before `steps` take the learning rate to zero along a half cosine (0: constant after
+    # the warm-up). A resumed run may set it, to end a constant-rate run with a decay.
+    decay_steps: int = 0
     ema_decay: float = 0.999
     # Fraction of training labels replaced by the null class, which classifier-free guidance needs.
     null_probability: float = 0.1
@@ -139,8 +143,14 @@ def _batch_indices(step: int, count: int, batch_size: int, seed: int) -> Tensor:
     return order[position * batch_size : (position + 1) * batch_size]
 
 
-def _learning_rate_factor(step: int, warmup_steps: int) -> float:
-    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+def _learning_rate_factor(step: int, warmup_steps: int, steps: int, decay_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant, then a half cosine to zero over the last ``decay_steps``
+    of ``steps``."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    into_decay = step - (steps - decay_steps)
+    if decay_steps and into_decay >= 0:
+        factor *= 0.5 * (1 + math.cos(math.pi * min(into_decay, decay_steps) / decay_steps))
+    return factor
 
 
 def _resume_state(config: DiffusionTrainConfig) -> dict | None:
@@ -177,6 +187,8 @@ def train_diffusion(config: DiffusionTrainConfig) -> list[dict]:
             f"judge_every must be 0 or a multiple of checkpoint_every ({config.checkpoint_every}), got "
             f"{config.judge_every}"
         )
+    if not 0 <= config.decay_steps <= config.steps:
+        raise ValueError(f"decay_steps must lie in [0, steps = {config.steps}], got {config.decay_steps}")
     state = _resume_state(config)
     origin = _origin(config)  # checked on a resumed run too, which records where it began
     with owned_run_folder(
@@ -235,7 +247,7 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, origin: d
     ema = EMAModel(model.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=3 / 4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _learning_rate_factor(step, config.warmup_steps)
+        optimizer, lambda step: _learning_rate_factor(step, config.warmup_steps, config.steps, config.decay_steps)
     )
     noise_schedule = training_scheduler()
     log: list[dict] = []
