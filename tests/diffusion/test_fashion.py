@@ -303,11 +303,12 @@ def test_a_run_judges_its_samples_while_it_trains_and_a_resume_keeps_the_curve(d
     options = dict(batch_size=4, warmup_steps=2, checkpoint_every=2, judge_every=2, judge_samples=3,
                    judge_dir=judge_dir, data_dir=data, progress=False)  # fmt: skip
     train_diffusion(DiffusionTrainConfig(steps=2, out=tmp_path / "run", **options))
-    train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "run", resume=True, **options))
+    train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "run", resume=True, judge_guidance=1.5, **options))
     train_diffusion(DiffusionTrainConfig(steps=4, out=tmp_path / "whole", **options))
     with (tmp_path / "run" / "judge_log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["step"] for row in rows] == ["2", "4"] and all(0 <= float(row["class_accuracy"]) <= 1 for row in rows)
+    assert [row["guidance"] for row in rows] == ["3.0", "1.5"]  # the resumed run judged at the guidance it was given
     # Judging draws nothing from the training's random streams: the judged run ends where an unjudged one does.
     assert _same(_weights(tmp_path / "run"), _weights(tmp_path / "whole"))
     plain = dict(options, judge_every=0)

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         help="every this many steps (a multiple of --checkpoint-every), the judge's class accuracy on samples",
     )  # fmt: skip
     train.add_argument("--judge-samples", type=int_at_least(1), default=defaults.judge_samples)
+    train.add_argument(
+        "--judge-guidance",
+        type=finite_float(0.0),
+        default=defaults.judge_guidance,
+        help="classifier-free guidance of the judged samples (a resumed run may change it; each row records it)",
+    )
     train.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     train.add_argument("--overwrite", action="store_true", help="replace the diffusion model --out holds")
 

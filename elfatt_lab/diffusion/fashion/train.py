@@ -63,6 +63,7 @@ RESUMABLE = frozenset(
         "judge_every",
         "judge_dir",
         "judge_samples",
+        "judge_guidance",
         "decay_steps",
     }
 )
@@ -95,9 +96,11 @@ class DiffusionTrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     # Every this many steps (a multiple of checkpoint_every; 0: never), the judge names the classes of judge_samples
-    # samples of the EMA weights (DDIM 20 steps, guidance 3): judge_log.csv, and the curve beside the loss's.
+    # samples of the EMA weights (DDIM 20 steps, classifier-free guidance judge_guidance): judge_log.csv, and the
+    # curve beside the loss's.
     judge_every: int = 0
     judge_samples: int = 100
+    judge_guidance: float = 3.0
     judge_dir: Path = JUDGE_DIR
     init_from: Path | None = None
     data_dir: Path | None = None
@@ -260,7 +263,8 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, origin: d
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start_step, log, seconds = state["step"], state["log"], state["seconds"]
-            judged = state.get("judged", [])
+            # rows judged before the guidance was an option (and recorded) were judged at 3
+            judged = [{**row, "guidance": row.get("guidance", 3.0)} for row in state.get("judged", [])]
         except (RuntimeError, ValueError, KeyError, TypeError) as error:
             path = config.out / "last.pt"
             raise ValueError(
@@ -302,7 +306,7 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, origin: d
                 progress.advance(task)
             if done % config.checkpoint_every == 0 or done == config.steps:
                 if judge is not None and (done % config.judge_every == 0 or done == config.steps):
-                    judged.append(_judge(model, ema, judge, done, config.judge_samples))
+                    judged.append(_judge(model, ema, judge, done, config.judge_samples, config.judge_guidance))
                 checkpoint = dict(
                     model=model.state_dict(),
                     ema=ema.state_dict(),
@@ -319,16 +323,17 @@ def _train_diffusion(config: DiffusionTrainConfig, state: dict | None, origin: d
     return log
 
 
-def _judge(model: nn.Module, ema: EMAModel, judge: FashionClassifier, step: int, samples: int) -> dict:
+def _judge(model: nn.Module, ema: EMAModel, judge: FashionClassifier, step: int, samples: int, guidance: float) -> dict:
     """The judge's class accuracy on samples of the EMA weights (and the seconds it took), the model left training."""
     began = time.perf_counter()
     labels = [i % NUM_CLASSES for i in range(samples)]
     with _ema_weights(model, ema):
         model.eval()
-        images = generate(model, labels, [JUDGE_SEED + i for i in range(samples)], steps=20, guidance=3.0)
+        images = generate(model, labels, [JUDGE_SEED + i for i in range(samples)], steps=20, guidance=guidance)
         model.train()
     accuracy = class_accuracy(judge, images, torch.tensor(labels))
-    return dict(step=step, class_accuracy=accuracy, samples=samples, seconds=time.perf_counter() - began)
+    seconds = time.perf_counter() - began
+    return dict(step=step, class_accuracy=accuracy, samples=samples, seconds=seconds, guidance=guidance)
 
 
 def _publish(
@@ -386,7 +391,11 @@ def _plot_loss(log: list[dict], judged: list[dict], path: Path) -> None:
     axes.grid(True, alpha=0.3)
     if judged:
         accuracy = panels[0][1]
-        accuracy.plot([row["step"] for row in judged], [100 * row["class_accuracy"] for row in judged], marker="o")
+        for guidance in dict.fromkeys(row["guidance"] for row in judged):
+            rows = [row for row in judged if row["guidance"] == guidance]
+            steps, values = [row["step"] for row in rows], [100 * row["class_accuracy"] for row in rows]
+            accuracy.plot(steps, values, marker="o", label=f"guidance {guidance:g}")
+        accuracy.legend()
         accuracy.axhline(70, color="grey", linestyle="--", linewidth=1)
         accuracy.set_xlabel("step")
         accuracy.set_ylabel(f"class accuracy of {judged[-1]['samples']} samples (%), EMA weights")
