@@ -265,6 +265,42 @@ def test_the_dit_is_evaluated_with_the_seed_to_seed_spread_of_the_original(data,
     assert summary.startswith("Generator: dit ") and "| original, other seeds | " in summary
 
 
+def test_an_evaluation_cut_off_resumes_from_the_settings_it_generated(data, tmp_path, narrow_unet, monkeypatch):
+    import elfatt_lab.diffusion.fashion.evaluate as evaluate_module
+
+    options = dict(data_dir=data, out=tmp_path, progress=False)
+    train_diffusion(DiffusionTrainConfig(steps=2, batch_size=4, **options))
+    train_classifier(ClassifierTrainConfig(epochs=1, batch_size=16, **options))
+    generated = []
+
+    def counting_generate(*args, **kwargs):
+        generated.append(kwargs["guidance"])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "generate", counting_generate)
+    settings = ["elfatt, merge 0.5"]
+    config = dict(judge_dir=tmp_path, samples=4, steps=2, batch_size=2, timing_rounds=1, settings=settings, **options)
+    first = evaluate(EvaluationConfig(**config))
+    assert len(generated) == 2 and len(list((tmp_path / "generated").glob("*.safetensors"))) == 2
+    again = evaluate(EvaluationConfig(**config))
+    assert len(generated) == 2  # nothing generated again
+    for before, after in zip(first, again, strict=True):
+        assert after["frechet_distance"] == before["frechet_distance"]
+        assert after.get("seconds_per_sample") == before.get("seconds_per_sample")
+    evaluate(EvaluationConfig(**dict(config, guidance=1.5)))
+    assert generated[2:] == [1.5, 1.5]  # another guidance: generated again, the files replaced
+    (tmp_path / "generated" / "original.safetensors").write_bytes(b"not safetensors")
+    evaluate(EvaluationConfig(**dict(config, guidance=1.5)))
+    assert generated[4:] == [1.5]  # a damaged file is generated again
+    weights = _weights(tmp_path)
+    weights[next(iter(weights))] += 1
+    from safetensors.torch import save_file
+
+    save_file(weights, tmp_path / "unet.safetensors")
+    evaluate(EvaluationConfig(**dict(config, guidance=1.5)))
+    assert generated[5:] == [1.5, 1.5]  # other weights: generated again
+
+
 def test_commands_refuse_what_they_cannot_do_in_one_line(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--model-dir", str(tmp_path), "--out", str(tmp_path), "--data-dir", str(data)])

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from elfatt_lab._csv import write_rows
 from elfatt_lab._progress import progress_bar
 from elfatt_lab.data.fashion_mnist import CLASSES, fashion_mnist_pixels
 from elfatt_lab.diffusion.bench import SelfAttentionClock, interleaved_steps
+from elfatt_lab.diffusion.fashion.generated import Generated, load_generated, run_key, save_generated
 from elfatt_lab.diffusion.fashion.model import build_generator, generate, generator_class, load_model, to_model_range
 from elfatt_lab.diffusion.fashion.quality import (
     FashionClassifier,
@@ -144,23 +146,12 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
         )
     ]
     samples: dict[str, Tensor] = {}
+    weights = config.model_dir / f"{config.generator}.safetensors"
     with progress_bar(config.progress) as progress:
         for setting in settings:
-            _apply(model, setting)
             task = progress.add_task(setting.name, total=config.samples) if progress else None
-            clock = SelfAttentionClock(model.denoiser)
-            start = time.perf_counter()
-            images = generate(
-                model,
-                labels.tolist(),
-                [seed + config.samples for seed in seeds] if setting.other_seeds else seeds,
-                steps=config.steps,
-                guidance=config.guidance,
-                batch_size=config.batch_size,
-                on_batch=(lambda n, task=task: progress.advance(task, n)) if progress else None,
-            )
-            wall = time.perf_counter() - start
-            clock.remove()
+            generated = _generated(model, setting, config, weights, labels, seeds, progress, task)
+            images = generated.images
             row = dict(
                 setting=setting.name,
                 options=_describe(setting),
@@ -171,8 +162,8 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
                 samples[setting.name] = images
                 row.update(
                     pixel_difference=(images - samples["original"]).abs().mean().item() / 2,
-                    seconds_per_sample=wall / config.samples,
-                    self_attention_seconds_per_sample=clock.seconds / config.samples,
+                    seconds_per_sample=generated.seconds / config.samples,
+                    self_attention_seconds_per_sample=generated.self_attention_seconds / config.samples,
                 )
             rows.append(row)
     timed = [setting for setting in settings if not setting.other_seeds]
@@ -190,6 +181,53 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
     _write_summary(rows, config, judge, description)
     _save_grid(samples, labels, config.grid_columns, config.out / "samples.png")
     return rows
+
+
+def _generated(
+    model: nn.Module,
+    setting: Setting,
+    config: EvaluationConfig,
+    weights: Path,
+    labels: Tensor,
+    seeds: list[int],
+    progress: Any,
+    task: Any,
+) -> Generated:
+    """The setting's samples: those an earlier run of the same evaluation (on as many threads, so that its times
+    compare) saved under ``out/generated``, else generated now (timed, with the time inside self-attention) and
+    saved there."""
+    if setting.other_seeds:
+        seeds = [seed + config.samples for seed in seeds]
+    key = run_key(
+        weights, setting=setting.patch, seeds=[seeds[0], len(seeds)], labels="i % 10", steps=config.steps,
+        guidance=config.guidance, batch_size=config.batch_size, threads=torch.get_num_threads(),
+    )  # fmt: skip
+    path = config.out / "generated" / f"{_slug(setting.name)}.safetensors"
+    saved = load_generated(path, key)
+    if saved is not None:
+        if progress:
+            progress.update(task, completed=config.samples, description=f"{setting.name} (saved)")
+        return saved
+    _apply(model, setting)
+    clock = SelfAttentionClock(model.denoiser)
+    start = time.perf_counter()
+    images = generate(
+        model,
+        labels.tolist(),
+        seeds,
+        steps=config.steps,
+        guidance=config.guidance,
+        batch_size=config.batch_size,
+        on_batch=(lambda n: progress.advance(task, n)) if progress else None,
+    )
+    generated = Generated(images, time.perf_counter() - start, clock.seconds)
+    clock.remove()
+    save_generated(path, key, generated)
+    return generated
+
+
+def _slug(name: str) -> str:
+    return "".join(character if character.isalnum() else "-" for character in name).strip("-")
 
 
 def _describe(setting: Setting) -> str:
