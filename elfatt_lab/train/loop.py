@@ -468,7 +468,7 @@ def _evaluate_on_test(model: nn.Module, ddp_model: nn.Module, test: Dataset, set
         atomic_write_text(json.dumps(results, indent=2) + "\n", config.out / "test.json")
         final, chosen = results["final"], results["best_val"]
         print(
-            f"test ({len(test)} images): final model acc {final['test_acc']:.4f}, best-val model (epoch "
+            f"test ({len(test)} examples): final model acc {final['test_acc']:.4f}, best-val model (epoch "
             f"{chosen['epoch']}) acc {chosen['test_acc']:.4f}",
             flush=True,
         )
