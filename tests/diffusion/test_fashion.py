@@ -263,6 +263,12 @@ def test_the_dit_is_evaluated_with_the_seed_to_seed_spread_of_the_original(data,
     assert rows[3]["step_speedup"] > 0 and rows[3]["pixel_difference"] > 0
     summary = (tmp_path / "quality.md").read_text()
     assert summary.startswith("Generator: dit ") and "| original, other seeds | " in summary
+    spread = abs(rows[2]["frechet_distance"] - rows[1]["frechet_distance"])
+    assert f"seed-to-seed spread: Frechet distance {spread:.2f}" in summary
+    change = rows[3]["frechet_distance"] - rows[1]["frechet_distance"]
+    accuracy = rows[3]["class_accuracy"] - rows[1]["class_accuracy"]
+    verdict = "yes" if abs(change) <= spread and abs(accuracy) <= 0.02 + 1e-9 else "no"
+    assert f"- elfatt, block 8: {verdict} (Frechet distance {change:+.2f}, " in summary
 
 
 def test_an_evaluation_cut_off_resumes_from_the_settings_it_generated(data, tmp_path, narrow_unet, monkeypatch):
@@ -299,6 +305,30 @@ def test_an_evaluation_cut_off_resumes_from_the_settings_it_generated(data, tmp_
     save_file(weights, tmp_path / "unet.safetensors")
     evaluate(EvaluationConfig(**dict(config, guidance=1.5)))
     assert generated[5:] == [1.5, 1.5]  # other weights: generated again
+
+
+def test_a_setting_passes_within_the_seed_to_seed_spread_and_two_points_of_class_accuracy():
+    from elfatt_lab.diffusion.fashion.evaluate import _within_spread
+
+    def row(name, distance, accuracy, paired=True):
+        extra = dict(pixel_difference=0.01) if paired else {}
+        return dict(setting=name, frechet_distance=distance, class_accuracy=accuracy, **extra)
+
+    rows = [
+        row("real training images (500)", 0.3, 0.92, paired=False),
+        row("original", 10.0, 0.70),
+        row("original, other seeds", 11.5, 0.69, paired=False),
+        row("close", 8.6, 0.72),  # -1.4 and +2 points: both bounds inclusive
+        row("far", 11.6, 0.70),  # +1.6 > 1.5
+        row("less accurate", 10.1, 0.67),  # -3 points
+    ]
+    lines = "\n".join(_within_spread(rows))
+    assert "spread: Frechet distance 1.50 " in lines and "class accuracy 1.0 points" in lines
+    assert "- close: yes (Frechet distance -1.40, class accuracy +2.0)" in lines
+    assert "- far: no (Frechet distance +1.60, class accuracy +0.0)" in lines
+    assert "- less accurate: no (Frechet distance +0.10, class accuracy -3.0)" in lines
+    assert "- original:" not in lines and "- original, other seeds:" not in lines
+    assert _within_spread([row for row in rows if row["setting"] != "original, other seeds"]) == []
 
 
 def test_commands_refuse_what_they_cannot_do_in_one_line(data, tmp_path, capsys):

@@ -285,9 +285,43 @@ def _write_summary(rows: list[dict], config: EvaluationConfig, judge: dict, desc
             f"{row['self_attention_seconds_per_sample']:.3f} | {row['step_ms']:.0f} | {row['step_speedup']:.2f} | "
             f"{row['self_attention_ms']:.0f} | {row['self_attention_speedup']:.2f} |"
         )
+    lines += _within_spread(rows)
     lines += ["", "Settings:", ""]
     lines += [f"- {row['setting']}: {row['options']}" for row in rows[1:]]
     atomic_write_text("\n".join(lines) + "\n", config.out / "quality.md")
+
+
+ACCURACY_MARGIN = 0.02  # the issue's bound on a setting's class-accuracy change
+
+
+def _within_spread(rows: list[dict]) -> list[str]:
+    """Which settings stay within the original's seed-to-seed spread in Frechet distance (the difference between
+    its two disjoint seed sets) and within 2 points of its class accuracy; nothing without the second seed set."""
+    by_name = {row["setting"]: row for row in rows}
+    other = by_name.get("original, other seeds")
+    if other is None:
+        return []
+    original = by_name["original"]
+    spread = abs(other["frechet_distance"] - original["frechet_distance"])
+    lines = [
+        "",
+        f"The original's seed-to-seed spread: Frechet distance {spread:.2f} (seeds 0 to n - 1 against n to 2n - 1), "
+        f"class accuracy {100 * abs(other['class_accuracy'] - original['class_accuracy']):.1f} points. Against "
+        f"the original (same seeds), within that Frechet spread and within {100 * ACCURACY_MARGIN:g} points of its "
+        "class accuracy:",
+        "",
+    ]
+    for row in rows:
+        if "pixel_difference" not in row or row["setting"] == "original":
+            continue
+        distance = row["frechet_distance"] - original["frechet_distance"]
+        accuracy = row["class_accuracy"] - original["class_accuracy"]
+        # accuracies are counts over n: 0.72 - 0.70 must count as the 2 points it is
+        verdict = "yes" if abs(distance) <= spread and abs(accuracy) <= ACCURACY_MARGIN + 1e-9 else "no"
+        lines.append(
+            f"- {row['setting']}: {verdict} (Frechet distance {distance:+.2f}, class accuracy {100 * accuracy:+.1f})"
+        )
+    return lines
 
 
 def _save_grid(samples: dict[str, Tensor], labels: Tensor, columns: int, path: Path) -> None:
