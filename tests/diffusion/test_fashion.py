@@ -305,6 +305,16 @@ def test_an_evaluation_cut_off_resumes_from_the_settings_it_generated(data, tmp_
     save_file(weights, tmp_path / "unet.safetensors")
     evaluate(EvaluationConfig(**dict(config, guidance=1.5)))
     assert generated[5:] == [1.5, 1.5]  # other weights: generated again
+    load = evaluate_module.load_diffusion_model
+
+    def load_while_a_training_saves(*args):
+        loaded = load(*args)
+        save_file(_weights(tmp_path), tmp_path / "unet.safetensors", metadata={"step": "next"})
+        return loaded
+
+    monkeypatch.setattr(evaluate_module, "load_diffusion_model", load_while_a_training_saves)
+    with pytest.raises(ValueError, match="unet.safetensors changed while it was read"):
+        evaluate(EvaluationConfig(**config))
 
 
 def test_a_setting_passes_within_the_seed_to_seed_spread_and_two_points_of_class_accuracy():

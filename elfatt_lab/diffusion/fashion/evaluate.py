@@ -26,7 +26,7 @@ from elfatt_lab._csv import write_rows
 from elfatt_lab._progress import progress_bar
 from elfatt_lab.data.fashion_mnist import CLASSES, fashion_mnist_pixels
 from elfatt_lab.diffusion.bench import SelfAttentionClock, interleaved_steps
-from elfatt_lab.diffusion.fashion.generated import Generated, load_generated, run_key, save_generated
+from elfatt_lab.diffusion.fashion.generated import Generated, file_digest, load_generated, run_key, save_generated
 from elfatt_lab.diffusion.fashion.model import build_generator, generate, generator_class, load_model, to_model_range
 from elfatt_lab.diffusion.fashion.quality import (
     FashionClassifier,
@@ -127,7 +127,11 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
     """Run every setting; write ``quality.csv``, ``quality.md`` and ``samples.png`` under ``config.out`` and
     return the rows (the first is real training images, the floor of the Frechet distance at this sample count)."""
     settings = _check(config)
+    weights = config.model_dir / f"{config.generator}.safetensors"
+    digest = file_digest(weights) if weights.is_file() else ""
     model, description = load_diffusion_model(config.model_dir, config.generator)
+    if file_digest(weights) != digest:
+        raise ValueError(f"{weights} changed while it was read (is a training writing it?); stop that and retry")
     classifier, judge = load_model(config.judge_dir, "classifier", lambda _: FashionClassifier())
     test_images, _ = fashion_mnist_pixels("test", config.data_dir)
     real = feature_statistics(features(classifier, to_model_range(test_images)))
@@ -146,11 +150,10 @@ def evaluate(config: EvaluationConfig) -> list[dict]:
         )
     ]
     samples: dict[str, Tensor] = {}
-    weights = config.model_dir / f"{config.generator}.safetensors"
     with progress_bar(config.progress) as progress:
         for setting in settings:
             task = progress.add_task(setting.name, total=config.samples) if progress else None
-            generated = _generated(model, setting, config, weights, labels, seeds, progress, task)
+            generated = _generated(model, setting, config, digest, labels, seeds, progress, task)
             images = generated.images
             row = dict(
                 setting=setting.name,
@@ -187,7 +190,7 @@ def _generated(
     model: nn.Module,
     setting: Setting,
     config: EvaluationConfig,
-    weights: Path,
+    weights_digest: str,
     labels: Tensor,
     seeds: list[int],
     progress: Any,
@@ -199,7 +202,7 @@ def _generated(
     if setting.other_seeds:
         seeds = [seed + config.samples for seed in seeds]
     key = run_key(
-        weights, setting=setting.patch, seeds=[seeds[0], len(seeds)], labels="i % 10", steps=config.steps,
+        weights_digest, setting=setting.patch, seeds=[seeds[0], len(seeds)], labels="i % 10", steps=config.steps,
         guidance=config.guidance, batch_size=config.batch_size, threads=torch.get_num_threads(),
     )  # fmt: skip
     path = config.out / "generated" / f"{_slug(setting.name)}.safetensors"

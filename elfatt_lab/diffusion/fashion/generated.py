@@ -15,7 +15,7 @@ from torch import Tensor
 import elfatt
 from elfatt_lab._atomic import atomic_write_bytes
 
-__all__ = ["Generated", "load_generated", "run_key", "save_generated"]
+__all__ = ["Generated", "file_digest", "load_generated", "run_key", "save_generated"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Generated:
     self_attention_seconds: float
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The SHA-256 of the file's bytes, in hex."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -39,10 +40,10 @@ def _elfatt_source_digest() -> str:
     return digest.hexdigest()
 
 
-def run_key(weights: Path, **decisive: object) -> dict[str, str]:
-    """What decides a setting's images: the digest of ``weights``, of elfatt's source and the ``decisive`` values
-    (JSON-encoded)."""
-    return dict(weights=_file_digest(weights), elfatt_source=_elfatt_source_digest(), **{
+def run_key(weights_digest: str, **decisive: object) -> dict[str, str]:
+    """What decides a setting's images: the generator's weights (their file's :func:`file_digest`), elfatt's source
+    and the ``decisive`` values (JSON-encoded)."""
+    return dict(weights=weights_digest, elfatt_source=_elfatt_source_digest(), **{
         name: json.dumps(value, sort_keys=True) for name, value in decisive.items()
     })  # fmt: skip
 
