@@ -4,6 +4,7 @@ its attention layers' ``set_processor``."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from torch import nn
 
@@ -118,6 +119,10 @@ def _check_config(config: PatchConfig) -> None:
         raise ValueError(f"split must lie in [0, 1], got {config.split}")
     if config.attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {config.attention!r}")
+    window = config.timesteps
+    numbers = isinstance(window, tuple) and len(window) == 2 and all(isinstance(t, (int, float)) for t in window)
+    if window is not None and not (numbers and all(map(math.isfinite, window)) and window[0] <= window[1]):
+        raise ValueError(f"timesteps must be a pair (low, high) of finite numbers, low <= high, got {window!r}")
     encode_block(config.block)
 
 
@@ -136,6 +141,7 @@ def apply_patch(
     random_destinations: bool = True,
     seed: int = 0,
     attention: str = "elfatt",
+    timesteps: tuple[float, float] | None = None,
 ) -> nn.Module:
     """Compute the UNet's self-attention layers with ELFATT, training-free; returns the UNet.
 
@@ -167,6 +173,9 @@ def apply_patch(
         seed: seed of the merge's random draws.
         attention: ``"elfatt"``, or ``"merge-only"``: the merged tokens run the layer's own exact softmax attention
             (ToMe-SD's acceleration alone, the peer to compare with; ``block`` and ``split`` are then unused).
+        timesteps: ``(low, high)``: patch only the calls whose timestep (as the model is called with it: 0 to 999
+            for SD, PixArt, DiT and SD3's schedulers) lies in ``[low, high]``; the others run the original attention
+            (Agent-SD's use of its attention in the early steps only). None patches every call.
     """
     unet = _unet(pipe_or_unet)
     config = PatchConfig(
@@ -182,6 +191,7 @@ def apply_patch(
         random_destinations=random_destinations,
         seed=seed,
         attention=attention,
+        timesteps=tuple(timesteps) if isinstance(timesteps, list) else timesteps,
     )
     _check_config(config)
     exact = _exact_layers(unet, config.exact_blocks)

@@ -46,6 +46,7 @@ class PatchConfig:
     random_destinations: bool = True
     seed: int = 0
     attention: str = "elfatt"
+    timesteps: tuple[float, float] | None = None
 
 
 @dataclass
@@ -55,6 +56,7 @@ class PatchState:
     config: PatchConfig
     latent_size: tuple[int, int] | None = None
     text_tokens: int | None = None
+    outside_timesteps: bool = False
     warned_no_latent: bool = False
     generator: torch.Generator = field(default_factory=torch.Generator)
 
@@ -100,6 +102,11 @@ class LatentSizeHooks:
         self.state = state
 
     def before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        window = self.state.config.timesteps
+        if window is not None and not _timesteps_within(module, args, kwargs, window):
+            # left without a latent size, every processor runs the original attention for this call
+            self.state.outside_timesteps = True
+            return
         text = kwargs.get("encoder_hidden_states")
         self.state.text_tokens = None if text is None else text.shape[1]
         image_ids = kwargs.get("img_ids")
@@ -114,6 +121,23 @@ class LatentSizeHooks:
 
     def after(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         self.state.latent_size = self.state.text_tokens = None
+        self.state.outside_timesteps = False
+
+
+def _timesteps_within(module: torch.nn.Module, args: tuple, kwargs: dict, window: tuple[float, float]) -> bool:
+    """Whether every timestep of the model's call lies in ``window`` (both ends included).
+
+    Raises:
+        ValueError: when the call passes no timestep.
+    """
+    timestep = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments.get("timestep")
+    if timestep is None:
+        raise ValueError(
+            f"apply_patch(timesteps={window}) needs the timestep of each call, but {type(module).__name__} was "
+            "called without one"
+        )
+    timestep = torch.as_tensor(timestep)
+    return bool(((timestep >= window[0]) & (timestep <= window[1])).all())
 
 
 class ELFATTAttnProcessor:
@@ -211,7 +235,7 @@ class ELFATTAttnProcessor:
         """The token grid of this call and its UNet level, from the latent size of the running UNet call."""
         size = self.state.latent_size
         if size is None:
-            if not self.state.warned_no_latent:
+            if not self.state.warned_no_latent and not self.state.outside_timesteps:
                 self.state.warned_no_latent = True
                 warnings.warn(
                     "elfatt.diffusion: the patched UNet was called without its forward hooks (unet.forward(...)?), "

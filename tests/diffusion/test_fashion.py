@@ -251,7 +251,7 @@ def test_the_dit_is_evaluated_with_the_seed_to_seed_spread_of_the_original(data,
     options = dict(data_dir=data, out=tmp_path, progress=False)
     train_diffusion(DiffusionTrainConfig(generator="dit", steps=2, batch_size=4, **options))
     train_classifier(ClassifierTrainConfig(epochs=1, batch_size=16, **options))
-    settings = ["original, other seeds", "elfatt, block 8"]
+    settings = ["original, other seeds", "elfatt, block 8", "elfatt, steps t < 500 only"]
     config = EvaluationConfig(
         generator="dit", judge_dir=tmp_path, samples=4, steps=2, batch_size=2, timing_rounds=1, settings=settings,
         **options,
@@ -261,6 +261,8 @@ def test_the_dit_is_evaluated_with_the_seed_to_seed_spread_of_the_original(data,
     other = rows[2]
     assert "step_ms" not in other and "pixel_difference" not in other and other["frechet_distance"] > 0
     assert rows[3]["step_speedup"] > 0 and rows[3]["pixel_difference"] > 0
+    # DDIM's 2 steps are t = 999 and 499: the second alone is patched, and the samples move
+    assert 0 < rows[4]["pixel_difference"] and rows[4]["options"].endswith("timesteps=(0, 499))")
     summary = (tmp_path / "quality.md").read_text()
     assert summary.startswith("Generator: dit ") and "| original, other seeds | " in summary
     spread = abs(rows[2]["frechet_distance"] - rows[1]["frechet_distance"])
@@ -298,13 +300,22 @@ def test_an_evaluation_cut_off_resumes_from_the_settings_it_generated(data, tmp_
     (tmp_path / "generated" / "original.safetensors").write_bytes(b"not safetensors")
     evaluate(EvaluationConfig(**dict(config, guidance=1.5)))
     assert generated[4:] == [1.5]  # a damaged file is generated again
+    import elfatt_lab.diffusion.fashion.generated as generated_module
+
+    monkeypatch.setattr(generated_module, "_elfatt_source_digest", lambda: "elfatt changed")
+    evaluate(EvaluationConfig(**dict(config, guidance=1.5)))
+    assert generated[5:] == [1.5]  # elfatt's source changed: the patched setting again, not the original
+    monkeypatch.undo()
+    monkeypatch.setattr(evaluate_module, "generate", counting_generate)
+    evaluate(EvaluationConfig(**dict(config, guidance=1.5)))
+    assert generated[6:] == [1.5]
     weights = _weights(tmp_path)
     weights[next(iter(weights))] += 1
     from safetensors.torch import save_file
 
     save_file(weights, tmp_path / "unet.safetensors")
     evaluate(EvaluationConfig(**dict(config, guidance=1.5)))
-    assert generated[5:] == [1.5, 1.5]  # other weights: generated again
+    assert generated[7:] == [1.5, 1.5]  # other weights: generated again
     load = evaluate_module.load_diffusion_model
 
     def load_while_a_training_saves(*args):

@@ -67,6 +67,10 @@ SETTINGS = (
     Setting("elfatt, block 4, first and last block exact", dict(ratio=0.0, block=4, exact_blocks=(1, 1)),
             generators=("dit",)),
     Setting("elfatt, block 4, 1 global head of 4", dict(ratio=0.0, block=4, split=0.25), generators=("dit",)),
+    # Agent-SD's way: the patch in part of the denoising steps only (DDIM's 1000-step timesteps, 20 steps: 10 each)
+    Setting("elfatt, steps t >= 500 only", dict(ratio=0.0, block=16, timesteps=(500, 999))),
+    Setting("elfatt, steps t < 500 only", dict(ratio=0.0, block=16, timesteps=(0, 499))),
+    Setting("elfatt, merge 0.5, steps t < 500 only", dict(ratio=0.5, block=16, timesteps=(0, 499))),
 )  # fmt: skip
 
 
@@ -202,8 +206,9 @@ def _generated(
     if setting.other_seeds:
         seeds = [seed + config.samples for seed in seeds]
     key = run_key(
-        weights_digest, setting=setting.patch, seeds=[seeds[0], len(seeds)], labels="i % 10", steps=config.steps,
-        guidance=config.guidance, batch_size=config.batch_size, threads=torch.get_num_threads(),
+        weights_digest, runs_elfatt=setting.patch is not None, setting=setting.patch, seeds=[seeds[0], len(seeds)],
+        labels="i % 10", steps=config.steps, guidance=config.guidance, batch_size=config.batch_size,
+        threads=torch.get_num_threads(),
     )  # fmt: skip
     path = config.out / "generated" / f"{_slug(setting.name)}.safetensors"
     saved = load_generated(path, key)

@@ -40,12 +40,13 @@ def _elfatt_source_digest() -> str:
     return digest.hexdigest()
 
 
-def run_key(weights_digest: str, **decisive: object) -> dict[str, str]:
+def run_key(weights_digest: str, *, runs_elfatt: bool, **decisive: object) -> dict[str, str]:
     """What decides a setting's images: the generator's weights (their file's :func:`file_digest`), elfatt's source
-    and the ``decisive`` values (JSON-encoded)."""
-    return dict(weights=weights_digest, elfatt_source=_elfatt_source_digest(), **{
-        name: json.dumps(value, sort_keys=True) for name, value in decisive.items()
-    })  # fmt: skip
+    where the setting ``runs_elfatt`` (the original attention does not), and the ``decisive`` values (JSON)."""
+    key = dict(weights=weights_digest, **{name: json.dumps(value, sort_keys=True) for name, value in decisive.items()})
+    if runs_elfatt:
+        key["elfatt_source"] = _elfatt_source_digest()
+    return key
 
 
 def save_generated(path: Path, key: dict[str, str], generated: Generated) -> None:
