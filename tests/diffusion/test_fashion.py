@@ -352,6 +352,13 @@ def test_a_setting_passes_within_the_seed_to_seed_spread_and_two_points_of_class
     assert _within_spread([row for row in rows if row["setting"] != "original, other seeds"]) == []
 
 
+def test_every_setting_saves_its_samples_under_a_name_of_its_own():
+    from elfatt_lab.diffusion.fashion.evaluate import SETTINGS, _slug
+
+    names = [_slug(setting.name) for setting in SETTINGS]
+    assert len(set(names)) == len(names) and _slug("elfatt, steps t >= 500 only") == "elfatt--steps-t-ge-500-only"
+
+
 def test_commands_refuse_what_they_cannot_do_in_one_line(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--model-dir", str(tmp_path), "--out", str(tmp_path), "--data-dir", str(data)])

@@ -235,6 +235,10 @@ def _generated(
 
 
 def _slug(name: str) -> str:
+    """A file name for the setting; two settings that met on one would only regenerate each other's samples (the
+    saved key holds the setting's options), never take them."""
+    for sign, word in ((">=", "ge"), ("<=", "le"), (">", "gt"), ("<", "lt")):
+        name = name.replace(sign, word)
     return "".join(character if character.isalnum() else "-" for character in name).strip("-")
 
 
