@@ -79,3 +79,16 @@ def test_a_call_without_a_timestep_is_refused_in_one_line():
 def test_timesteps_must_be_an_ordered_pair_of_numbers(window):
     with pytest.raises(ValueError, match="timesteps must be a pair"):
         diffusion.apply_patch(_dit(), timesteps=window)
+
+
+def test_a_windowed_patch_compiles_and_matches_eager_on_both_sides_of_the_window():
+    model = _pixart()
+    latent = _latent(2, 8, 12)
+    original = _pixart_call(model, latent)  # timestep 15
+    for window, inside in (((10, 20), True), ((16, 999), False)):
+        diffusion.apply_patch(model, ratio=0.0, split=0.5, block=2, timesteps=window)
+        eager = _pixart_call(model, latent)
+        assert torch.equal(eager, original) is not inside
+        compiled = _pixart_call(torch.compile(model, backend="aot_eager"), latent)
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+        torch._dynamo.reset()
