@@ -1,10 +1,11 @@
 """The samples each evaluation setting generated, kept on disk so that an evaluation cut off (a session's end, a
 kill) resumes at the setting it was on. A setting's file is reused only when everything that decides its images is
-the same: the generator's weights, the source of :mod:`elfatt`, the setting's options, the seeds, steps, guidance and
-batch size; otherwise it is generated again and the file replaced."""
+the same: the generator's weights, the source of :mod:`elfatt` (for patched settings), the setting's options, the
+seeds, steps, guidance, batch size and threads; otherwise it is generated again and the file replaced."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@functools.cache  # the source this process imported: read once, not once per setting
 def _elfatt_source_digest() -> str:
     digest = hashlib.sha256()
     root = Path(elfatt.__file__).parent
